@@ -1,0 +1,24 @@
+"""Engines run one K-means iteration (one MapReduce job) for a batch of images.
+
+The interface is one method, ``iterate(area, image_ids, iteration, delta) -> {image id: figures}``:
+read each image's points file and ``clusters-(iteration-1)``, write ``clusters-iteration`` and
+``stats-iteration`` (workarea.py), and return the figures. Every engine runs the map, combine and
+reduce functions of kmeans_ops.mapreduce.
+"""
+
+from __future__ import annotations
+
+ENGINES = ("local", "hadoop")
+
+
+def get_engine(name: str, **options):
+    """The engine called ``name`` ("local" or "hadoop")."""
+    if name == "local":
+        from .local import EmbeddedEngine
+
+        return EmbeddedEngine(**options)
+    if name == "hadoop":
+        from .hadoop import HadoopEngine
+
+        return HadoopEngine(**options)
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")

@@ -1,0 +1,52 @@
+"""The embedded engine: one iteration for a batch of images, in process, on the local filesystem.
+
+Each image's table is mapped in blocks by one map task per core (threads), the partials are
+combined and reduced, exactly as a Hadoop job would do with the same functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import mapreduce
+from ..formats import read_clusters, read_points, write_clusters
+from ..storage import write_json
+from ..workarea import WorkArea
+
+
+class EmbeddedEngine:
+    name = "local"
+
+    def __init__(self, tasks: int = 0, cache_bytes: int = 1 << 30):
+        self.tasks = tasks
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def _load(self, path: str):
+        """Parsed points of one file, kept between iterations while the file is unchanged."""
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        table = read_points(path)
+        entry = (table.bgr(), table.counts.astype(np.float64), table.codes)
+        self._cache[key] = entry
+        while sum(e[0].nbytes * 2 for e in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return entry
+
+    def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
+        figures = {}
+        for image_id in image_ids:
+            colours, weights, codes = self._load(area.points(image_id))
+            centroids = read_clusters(area.clusters(image_id, iteration - 1))
+            part = mapreduce.map_table(colours, weights, codes, centroids, self.tasks)
+            update = mapreduce.reduce_image(part, centroids, delta)
+            write_clusters(area.clusters(image_id, iteration), update.centroids)
+            figures[image_id] = update.figures(iteration)
+            write_json(area.stats(image_id, iteration), figures[image_id])
+        return figures

@@ -1,0 +1,212 @@
+"""Points and clusters files: the seed's text formats and the compact weighted format.
+
+Channel order is always OpenCV's **B G R**.
+
+Seed formats (read and written, so runs can start from files the seed's data_prep.py wrote):
+- ``points.txt``: one line per pixel, ``c1 c2 c3`` floats (``226.0 226.0 226.0``).
+- ``clusters.txt``: one line per centroid, ``label c1 c2 c3`` with label 1..K.
+  We write centroids with 17 significant digits, so a file round-trips exactly.
+
+Weighted points format (the pipeline's default), one line per distinct colour::
+
+    <image id>\\t<BBB> <GGG> <RRR> <count>
+
+B, G, R are zero-padded to 3 digits and the pixel count to 10, so every line after the tab is
+exactly 22 characters: files are written and parsed with whole-array NumPy operations, and Hadoop
+Streaming splits them by lines. The image id (no whitespace) lets one job carry many images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .colours import ColourTable, bgr_to_codes, codes_to_bgr
+from .errors import InputError
+from .storage import write_bytes
+
+_TAIL = 22  # len("BBB GGG RRR CCCCCCCCCC")
+_DIGIT_COLUMNS = np.array([0, 1, 2, 4, 5, 6, 8, 9, 10] + list(range(12, 22)))
+_SPACE_COLUMNS = np.array([3, 7, 11])
+_POWERS = 10 ** np.arange(9, -1, -1, dtype=np.int64)
+MAX_COUNT = 10**10 - 1
+
+
+def check_image_id(image_id: str) -> str:
+    if not image_id or any(ch.isspace() for ch in image_id):
+        raise ValueError(f"image id must be non-empty with no whitespace, got {image_id!r}")
+    return image_id
+
+
+# ---------------------------------------------------------------- weighted points
+def format_points(image_id: str, table: ColourTable) -> bytes:
+    """The weighted points lines of one image, built as one byte array (no per-line Python)."""
+    check_image_id(image_id)
+    if len(table) and int(table.counts.max()) > MAX_COUNT:
+        raise ValueError(f"a colour count exceeds {MAX_COUNT}")
+    prefix = np.frombuffer(image_id.encode("utf-8") + b"\t", np.uint8)
+    bgr = codes_to_bgr(table.codes).astype(np.int64)
+    n = len(table)
+    lines = np.empty((n, len(prefix) + _TAIL + 1), np.uint8)
+    lines[:, : len(prefix)] = prefix
+    tail = lines[:, len(prefix) : len(prefix) + _TAIL]
+    for channel in range(3):
+        value = bgr[:, channel]
+        base = channel * 4
+        tail[:, base] = value // 100
+        tail[:, base + 1] = value // 10 % 10
+        tail[:, base + 2] = value % 10
+    counts = table.counts.astype(np.int64)
+    tail[:, 12:22] = (counts[:, None] // _POWERS) % 10
+    tail[:, _DIGIT_COLUMNS] += ord("0")
+    tail[:, _SPACE_COLUMNS] = ord(" ")
+    lines[:, -1] = ord("\n")
+    return lines.tobytes()
+
+
+def write_points(path: str, image_id: str, table: ColourTable) -> None:
+    write_bytes(path, format_points(image_id, table))
+
+
+def parse_points(data: bytes, source: str = "<points>") -> list[tuple[str, ColourTable]]:
+    """Parse weighted points lines into (image id, table) runs, in order of appearance.
+
+    Every line is checked; the first bad one raises InputError naming ``source`` and its line number
+    (the seed's mapper silently skipped bad lines).
+    """
+    if not data:
+        return []
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    tabs = ends - _TAIL - 1
+    id_len = tabs - starts
+
+    def fail(line_index: int, why: str):
+        text = data[starts[line_index] : ends[line_index]][:80].decode("utf-8", "replace")
+        raise InputError(
+            source,
+            f"line {line_index + 1}: {why}; expected '<image id>\\t<BBB> <GGG> <RRR> <count>', got {text!r}",
+        )
+
+    short = np.flatnonzero(id_len < 1)
+    if short.size:
+        fail(int(short[0]), "line too short")
+    bad_tab = np.flatnonzero(buf[tabs] != ord("\t"))
+    if bad_tab.size:
+        fail(int(bad_tab[0]), "no tab before the colour and count")
+    tail = buf[(ends - _TAIL)[:, None] + np.arange(_TAIL)]
+    digits = tail[:, _DIGIT_COLUMNS].astype(np.int64) - ord("0")
+    bad = np.flatnonzero(((digits < 0) | (digits > 9)).any(axis=1) | (tail[:, _SPACE_COLUMNS] != ord(" ")).any(axis=1))
+    if bad.size:
+        fail(int(bad[0]), "malformed colour or count")
+    bgr = digits[:, 0:9:3] * 100 + digits[:, 1:9:3] * 10 + digits[:, 2:9:3]
+    if (bgr > 255).any():
+        fail(int(np.flatnonzero((bgr > 255).any(axis=1))[0]), "colour value above 255")
+    counts = digits[:, 9:] @ _POWERS
+    if (counts < 1).any():
+        fail(int(np.flatnonzero(counts < 1)[0]), "count must be >= 1")
+    codes = bgr_to_codes(bgr)
+
+    # Group consecutive lines by image id: compare each line's id bytes with the previous line's.
+    width = int(id_len.max())
+    cols = np.arange(width)
+    ids = np.where(cols < id_len[:, None], buf[np.minimum(starts[:, None] + cols, len(buf) - 1)], 0)
+    if np.isin(ids, (ord(" "), ord("\t"), ord("\r"))).any():
+        fail(int(np.flatnonzero(np.isin(ids, (ord(" "), ord("\t"), ord("\r"))).any(axis=1))[0]), "whitespace in image id")
+    change = np.flatnonzero((ids[1:] != ids[:-1]).any(axis=1)) + 1
+    bounds = np.concatenate(([0], change, [len(ends)]))
+    runs = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        image_id = data[starts[lo] : tabs[lo]].decode("utf-8")
+        runs.append((image_id, ColourTable(codes=codes[lo:hi], counts=counts[lo:hi])))
+    return runs
+
+
+def read_points(path: str) -> ColourTable:
+    """Read a points file of one image: weighted format, or the seed's ``points.txt`` (detected)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.strip():
+        raise InputError(path, "points file is empty")
+    first = data[: data.find(b"\n")] if b"\n" in data else data
+    if b"\t" not in first:
+        return read_seed_points(path)
+    runs = parse_points(data, path)
+    ids = {image_id for image_id, _ in runs}
+    if len(ids) != 1:
+        raise InputError(path, f"points file holds {len(ids)} image ids; expected one")
+    return merge_tables([table for _, table in runs])
+
+
+def merge_tables(tables: list[ColourTable]) -> ColourTable:
+    if len(tables) == 1:
+        return tables[0]
+    codes = np.concatenate([t.codes for t in tables])
+    counts = np.concatenate([t.counts for t in tables])
+    unique, inverse = np.unique(codes, return_inverse=True)
+    return ColourTable(codes=unique.astype(np.uint32), counts=np.bincount(inverse, weights=counts).astype(np.int64))
+
+
+# ---------------------------------------------------------------- seed formats
+def _load_numbers(path: str, what: str) -> np.ndarray:
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except OSError as err:
+        raise InputError(path, f"cannot read {what} ({err})") from None
+    except ValueError as err:
+        raise InputError(path, f"not a valid {what}: {err}") from None
+    if values.size == 0:
+        raise InputError(path, f"{what} is empty")
+    if not np.isfinite(values).all():
+        row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+        raise InputError(path, f"row {row + 1}: non-finite value in {what}")
+    return values
+
+
+def read_seed_points(path: str) -> ColourTable:
+    """The seed's ``points.txt`` (one ``B G R`` float line per pixel) as a weighted colour table."""
+    values = _load_numbers(path, "points file")
+    if values.shape[1] != 3:
+        raise InputError(path, f"points file must have 3 columns (B G R), found {values.shape[1]}")
+    bad = (values < 0) | (values > 255) | (values != np.round(values))
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise InputError(path, f"row {row + 1}: colour values must be whole numbers in 0..255, got {values[row].tolist()}")
+    codes, counts = np.unique(bgr_to_codes(values.astype(np.int64)), return_counts=True)
+    return ColourTable(codes=codes.astype(np.uint32), counts=counts.astype(np.int64))
+
+
+def write_seed_points(path: str, bgr_pixels: np.ndarray) -> None:
+    """Write every pixel as the seed's data_prep.py did: ``226.0 226.0 226.0`` per line."""
+    flat = bgr_pixels.reshape(-1, 3)
+    text = "\n".join(f"{b:.1f} {g:.1f} {r:.1f}" for b, g, r in flat.astype(np.float64).tolist())
+    write_bytes(path, (text + "\n").encode("ascii"))
+
+
+def format_clusters(centroids: np.ndarray) -> bytes:
+    """Seed clusters format with labels 1..K, floats written with 17 significant digits (exact)."""
+    lines = [f"{i} {c[0]!r} {c[1]!r} {c[2]!r}" for i, c in enumerate(centroids.astype(np.float64).tolist(), start=1)]
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def write_clusters(path: str, centroids: np.ndarray) -> None:
+    write_bytes(path, format_clusters(centroids))
+
+
+def read_clusters(path: str) -> np.ndarray:
+    """Read a seed-format clusters file (``label c1 c2 c3``, labels 1..K in any order) -> (K, 3) B, G, R."""
+    values = _load_numbers(path, "clusters file")
+    if values.shape[1] != 4:
+        raise InputError(path, f"clusters file must have 4 columns (label B G R), found {values.shape[1]}")
+    labels = values[:, 0]
+    k = len(values)
+    if not np.array_equal(np.sort(labels), np.arange(1, k + 1)):
+        raise InputError(path, f"cluster labels must be 1..{k}, each once; got {sorted(labels.tolist())[:10]}")
+    centroids = values[np.argsort(labels), 1:]
+    if (centroids < 0).any() or (centroids > 255).any():
+        raise InputError(path, "centroid values must lie in 0..255")
+    return centroids

@@ -1,0 +1,54 @@
+"""Stage 2, initial centroids: k-means++ (weighted by colour counts), the seed's random rule, or a file.
+
+Every random choice takes ``seed``, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import read_clusters
+from .colours import ColourTable
+from .errors import InputError
+
+
+def effective_k(k: int, table: ColourTable) -> int:
+    """Clusters actually used: ``k``, or the number of distinct colours if the image has fewer."""
+    return min(k, len(table))
+
+
+def kmeans_plusplus(table: ColourTable, k: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ on the weighted table (scikit-learn's, with the counts as sample weights)."""
+    from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+
+    centroids, _ = sk_kmeans_plusplus(
+        table.bgr(), n_clusters=k, sample_weight=table.counts.astype(np.float64), random_state=seed
+    )
+    return centroids
+
+
+def random_uniform(table: ColourTable, k: int, seed: int) -> np.ndarray:
+    """The seed's rule: each coordinate uniform between the image's smallest and largest value."""
+    bgr = table.bgr()
+    rng = np.random.default_rng(seed)
+    return rng.uniform(bgr.min(), bgr.max(), size=(k, 3))
+
+
+def initial_centroids(table: ColourTable, k: int, init: str, seed: int) -> np.ndarray:
+    """(K, 3) initial centroids in B, G, R.
+
+    ``init`` is "kmeans++", "random" or the path of a clusters file (seed format; its K wins, and a
+    different ``k`` raises InputError). When the image has at most ``k`` distinct colours, they are
+    all the centroids (the exact answer) whatever ``init`` says, unless ``init`` is a file.
+    """
+    if init not in ("kmeans++", "random"):
+        centroids = read_clusters(init)
+        if len(centroids) != k:
+            raise InputError(init, f"clusters file holds {len(centroids)} centroids but k is {k}")
+        return centroids
+    k = effective_k(k, table)
+    if k == len(table):
+        return table.bgr()
+    if init == "kmeans++":
+        return kmeans_plusplus(table, k, seed)
+    return random_uniform(table, k, seed)

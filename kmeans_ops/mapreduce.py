@@ -1,0 +1,270 @@
+"""Stage 3, one K-means iteration as map, combine and reduce: the one implementation every engine runs.
+
+- **map** (:func:`map_colours`): weighted colours of one image plus its current centroids ->
+  per-cluster partial sums, weights and squared error, and the image's farthest colours (candidates
+  to re-seed an empty cluster). In-mapper combining: one :class:`Partials` per image per map task,
+  i.e. at most K sum records and K candidates, however many colours the task read.
+- **combine** (:func:`combine`): adds partials and keeps the K farthest candidates.
+- **reduce** (:func:`reduce_image`): new centroids, each centroid's shift, squared error,
+  re-seeding of empty clusters and the convergence test.
+
+Colours are integers and counts are integers, so partial sums are exact in float64: the new
+centroids do not depend on how the colours were split between tasks, and every engine gets the
+same bits. The text wire format (:func:`encode`/:func:`decode`) carries partials through Hadoop
+Streaming with floats written exactly (``repr``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Rows per block in the assignment kernel: a (CHUNK, K) distance block stays in cache.
+CHUNK = 4096
+
+
+@dataclass
+class Partials:
+    """What map emits for one image: per-cluster sums (B, G, R), weights and squared error, plus
+    far candidates (distance to own centroid, colour code, weight, label), farthest first."""
+
+    sums: np.ndarray  # (K, 3) float64
+    weights: np.ndarray  # (K,) float64 (pixel counts, exact integers)
+    sse: np.ndarray  # (K,) float64
+    far_dist: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    far_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    far_weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    far_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @classmethod
+    def zeros(cls, k: int) -> "Partials":
+        return cls(np.zeros((k, 3)), np.zeros(k), np.zeros(k))
+
+    @property
+    def k(self) -> int:
+        return len(self.weights)
+
+
+@dataclass
+class Update:
+    """What reduce produces for one image."""
+
+    centroids: np.ndarray  # (K, 3) new centroids, B, G, R
+    shift: np.ndarray  # (K,) Euclidean distance each centroid moved
+    weights: np.ndarray  # (K,) pixels per cluster after re-seeding
+    sse: float  # squared error of the assignment to the old centroids
+    reseeded: list[int]  # clusters that were empty and got a far colour
+    converged: bool
+
+    @property
+    def max_shift(self) -> float:
+        return float(self.shift.max()) if len(self.shift) else 0.0
+
+    def figures(self, iteration: int) -> dict:
+        return {
+            "iteration": iteration,
+            "sse": self.sse,
+            "max_shift": self.max_shift,
+            "reseeded": self.reseeded,
+            "converged": self.converged,
+        }
+
+
+# ---------------------------------------------------------------- map
+def assign(colours: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each colour and the squared distance to it (the expansion scikit-learn
+    uses: ||x||^2 - 2 x.c + ||c||^2, computed block by block)."""
+    labels = np.empty(len(colours), np.intp)
+    dist = np.empty(len(colours))
+    minus_2ct = -2.0 * centroids.T
+    c_norm = np.einsum("ij,ij->i", centroids, centroids)
+    for lo in range(0, len(colours), CHUNK):
+        x = colours[lo : lo + CHUNK]
+        d = x @ minus_2ct
+        d += c_norm
+        lab = d.argmin(axis=1)
+        labels[lo : lo + CHUNK] = lab
+        dist[lo : lo + CHUNK] = np.take_along_axis(d, lab[:, None], axis=1)[:, 0]
+    dist += np.einsum("ij,ij->i", colours, colours)
+    np.maximum(dist, 0.0, out=dist)
+    return labels, dist
+
+
+def map_colours(colours: np.ndarray, weights: np.ndarray, centroids: np.ndarray, codes: np.ndarray) -> Partials:
+    """Map one block of an image's weighted colours against its centroids (in-mapper combining).
+
+    ``colours`` (n, 3) float64 B, G, R; ``weights`` (n,) pixel counts; ``codes`` (n,) their
+    ``0xRRGGBB`` codes (to name far candidates). Returns one Partials with K sums and up to K
+    far candidates.
+    """
+    k = len(centroids)
+    labels, dist = assign(colours, centroids)
+    sums = np.empty((k, 3))
+    for channel in range(3):
+        sums[:, channel] = np.bincount(labels, weights * colours[:, channel], minlength=k)
+    part = Partials(
+        sums=sums,
+        weights=np.bincount(labels, weights, minlength=k),
+        sse=np.bincount(labels, weights * dist, minlength=k),
+    )
+    far = _farthest(dist, codes, k)
+    part.far_dist, part.far_code = dist[far], codes[far].astype(np.int64)
+    part.far_weight, part.far_label = weights[far], labels[far].astype(np.int64)
+    return part
+
+
+def _farthest(dist: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest distances, ties broken by the smaller code, farthest first.
+
+    Deterministic whatever the order of the rows, so engines that split the data differently pick
+    the same candidates.
+    """
+    if len(dist) > k:
+        threshold = np.partition(dist, len(dist) - k)[len(dist) - k]
+        pool = np.flatnonzero(dist >= threshold)
+    else:
+        pool = np.arange(len(dist))
+    order = np.lexsort((codes[pool], -dist[pool]))
+    return pool[order[:k]]
+
+
+# ---------------------------------------------------------------- combine
+def combine(parts: list[Partials]) -> Partials:
+    """Add partial sums, weights and errors; keep the K farthest candidates."""
+    if len(parts) == 1:
+        return parts[0]
+    k = parts[0].k
+    out = Partials(
+        sums=np.sum([p.sums for p in parts], axis=0),
+        weights=np.sum([p.weights for p in parts], axis=0),
+        sse=np.sum([p.sse for p in parts], axis=0),
+    )
+    dist = np.concatenate([p.far_dist for p in parts])
+    code = np.concatenate([p.far_code for p in parts])
+    keep = _farthest(dist, code, k)
+    out.far_dist, out.far_code = dist[keep], code[keep]
+    out.far_weight = np.concatenate([p.far_weight for p in parts])[keep]
+    out.far_label = np.concatenate([p.far_label for p in parts])[keep]
+    return out
+
+
+# ---------------------------------------------------------------- reduce
+def reduce_image(part: Partials, centroids: np.ndarray, delta: float) -> Update:
+    """New centroids from the combined partials of one image.
+
+    An empty cluster is re-seeded at the farthest colour from its centroid (as scikit-learn does),
+    taking that colour and its pixels away from the cluster that had it; a colour whose cluster
+    would become empty is passed over. A cluster left empty (too few distinct colours) keeps its
+    centroid. Converged: no cluster was re-seeded and every centroid moved at most ``delta``.
+    """
+    sums, weights = part.sums.copy(), part.weights.copy()
+    reseeded = []
+    empty = np.flatnonzero(weights == 0)
+    if empty.size:
+        from .colours import codes_to_bgr
+
+        candidates = iter(range(len(part.far_dist)))
+        for cluster in empty:
+            for c in candidates:
+                donor, w = int(part.far_label[c]), part.far_weight[c]
+                if part.far_dist[c] <= 0 or weights[donor] <= w:
+                    continue
+                colour = codes_to_bgr(part.far_code[c : c + 1])[0]
+                sums[donor] -= colour * w
+                weights[donor] -= w
+                sums[cluster] = colour * w
+                weights[cluster] = w
+                reseeded.append(int(cluster))
+                break
+    new = centroids.astype(np.float64, copy=True)
+    filled = weights > 0
+    new[filled] = sums[filled] / weights[filled, None]
+    shift = np.sqrt(((new - centroids) ** 2).sum(axis=1))
+    converged = not reseeded and bool(shift.max() <= delta)
+    return Update(new, shift, weights, float(part.sse.sum()), reseeded, converged)
+
+
+# ---------------------------------------------------------------- in-process map over a whole table
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kmeans-map")
+    return _POOL
+
+
+def map_table(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centroids: np.ndarray, tasks: int = 0) -> Partials:
+    """Map a whole table as ``tasks`` map tasks in threads (NumPy releases the GIL), then combine.
+
+    ``tasks=0`` uses one task per core (a single task for tables under 64 k colours).
+    """
+    if tasks <= 0:
+        tasks = 1 if len(colours) < 65536 else (os.cpu_count() or 1)
+    if tasks == 1:
+        return map_colours(colours, weights, centroids, codes)
+    bounds = np.linspace(0, len(colours), tasks + 1).astype(int)
+    slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    parts = list(_pool().map(lambda s: map_colours(colours[s], weights[s], centroids, codes[s]), slices))
+    return combine(parts)
+
+
+# ---------------------------------------------------------------- wire format (Hadoop Streaming)
+def encode(image_id: str, part: Partials) -> str:
+    """Text records of one image's partials, one per line, keyed by image id (tab-separated key).
+
+    ``<id>\\tP <cluster> <sum B> <sum G> <sum R> <weight> <sse>`` for each non-empty cluster and
+    ``<id>\\tF <dist> <code> <weight> <label>`` for each far candidate.
+    """
+    lines = [
+        f"{image_id}\tP {j} {s[0]!r} {s[1]!r} {s[2]!r} {w!r} {e!r}"
+        for j, (s, w, e) in enumerate(zip(part.sums.tolist(), part.weights.tolist(), part.sse.tolist()))
+        if w > 0
+    ]
+    lines += [
+        f"{image_id}\tF {d!r} {c} {w!r} {lab}"
+        for d, c, w, lab in zip(part.far_dist.tolist(), part.far_code.tolist(), part.far_weight.tolist(), part.far_label.tolist())
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
+def decode(lines, k_of) -> dict[str, Partials]:
+    """Parse records (any order, any number of map tasks) into one combined Partials per image.
+
+    ``k_of(image_id)`` gives the image's K. A malformed record raises ValueError naming it.
+    """
+    acc: dict[str, Partials] = {}
+    far: dict[str, list] = {}
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        try:
+            image_id, value = line.split("\t", 1)
+            kind, *fields = value.split(" ")
+            if image_id not in acc:
+                acc[image_id] = Partials.zeros(k_of(image_id))
+                far[image_id] = []
+            part = acc[image_id]
+            if kind == "P":
+                j = int(fields[0])
+                part.sums[j] += [float(v) for v in fields[1:4]]
+                part.weights[j] += float(fields[4])
+                part.sse[j] += float(fields[5])
+            elif kind == "F":
+                far[image_id].append((float(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])))
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+        except (ValueError, IndexError, KeyError) as err:
+            raise ValueError(f"bad map output record {number}: {line[:120]!r} ({err})") from None
+    for image_id, part in acc.items():
+        if far[image_id]:
+            dist, code, weight, label = (np.array(col) for col in zip(*far[image_id]))
+            keep = _farthest(dist, code, part.k)
+            part.far_dist, part.far_code = dist[keep], code[keep].astype(np.int64)
+            part.far_weight, part.far_label = weight[keep], label[keep].astype(np.int64)
+    return acc

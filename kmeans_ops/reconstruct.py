@@ -1,0 +1,110 @@
+"""Stage 4, reconstruction: redraw each pixel with its centroid's colour, and measure the result.
+
+Each distinct colour is labelled once (the same nearest-centroid kernel as map), then a 2^24-entry
+lookup table maps every pixel's colour code to its label: no per-pixel Python loop, and no float
+copy of the image. Quality is computed exactly from the colour table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .colours import ColourTable, pixel_codes
+from .errors import InputError
+from .ingest import Image
+from .mapreduce import assign
+from .storage import write_bytes
+
+
+def palette_of(centroids: np.ndarray) -> np.ndarray:
+    """Centroids (float B, G, R) -> the 8-bit colours written to the output."""
+    return np.clip(np.rint(centroids), 0, 255).astype(np.uint8)
+
+
+def label_table(table: ColourTable, centroids: np.ndarray) -> np.ndarray:
+    labels, _ = assign(table.bgr(), centroids)
+    return labels
+
+
+def quality(table: ColourTable, labels: np.ndarray, palette: np.ndarray) -> dict:
+    """MSE (per channel value, 8-bit units), PSNR (dB; None when the output equals the input) and
+    total squared error of the output colours against the original, over all pixels."""
+    diff = table.bgr() - palette[labels].astype(np.float64)
+    squared_error = float(table.counts @ (diff * diff).sum(axis=1))
+    mse = squared_error / (table.n_pixels * 3)
+    psnr = 10.0 * math.log10(255.0**2 / mse) if mse > 0 else None
+    return {"mse": mse, "psnr": psnr, "squared_error": squared_error}
+
+
+def render(image: Image, table: ColourTable, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """The output pixels: palette colours, alpha put back untouched, in the source bit depth."""
+    lut = np.zeros(1 << 24, np.uint8 if len(palette) <= 256 else np.uint16)
+    lut[table.codes] = labels
+    out = palette[lut[pixel_codes(image.bgr)]].reshape(image.bgr.shape)
+    if image.bit_depth == 16:
+        out = out.astype(np.uint16) * np.uint16(257)
+    if image.alpha is not None:
+        out = np.dstack([out, image.alpha])
+    return out
+
+
+def write_image(path: str, pixels: np.ndarray) -> None:
+    """Encode (format from the extension, PNG by default) and write atomically."""
+    ext = "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ".png"
+    ok, encoded = cv2.imencode(ext, pixels)
+    if not ok:
+        raise InputError(path, f"OpenCV cannot encode {ext} output")
+    write_bytes(path, encoded.tobytes())
+
+
+def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str, extra: dict | None = None) -> dict:
+    """Reconstruct one image from its final centroids and write its output image and JSON figures.
+
+    ``run`` is the driver's ``{"iterations": n, "converged": bool}``. The output image is skipped
+    for inputs with no pixel grid (seed points files). Returns the figures written to ``out_json``.
+    """
+    import os
+
+    from .driver import history
+    from .formats import read_clusters, read_points
+    from .ingest import read_image
+    from .storage import read_json, write_json
+
+    meta = read_json(area.meta(image_id))
+    iterations = run["iterations"]
+    centroids = read_clusters(area.clusters(image_id, iterations))
+    table = read_points(area.points(image_id))
+    labels = label_table(table, centroids)
+    palette = palette_of(centroids)
+    figures = quality(table, labels, palette)
+    written = None
+    if meta["kind"] == "image" and out_image:
+        st = os.stat(meta["source"])
+        if (st.st_size, st.st_mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
+            raise InputError(meta["source"], "the file changed during the run; run it again")
+        image = read_image(meta["source"])
+        write_image(out_image, render(image, table, labels, palette))
+        written = out_image
+    result = {
+        "image_id": image_id,
+        "source": meta["source"],
+        "output": written,
+        "width": meta["width"],
+        "height": meta["height"],
+        "distinct_colours": meta["distinct_colours"],
+        "k": len(centroids),
+        "k_requested": meta["k_requested"],
+        "iterations": iterations,
+        "converged": run["converged"],
+        "centroids_rgb": centroids[:, ::-1].tolist(),
+        "palette_rgb": palette[:, ::-1].tolist(),
+        "cluster_pixels": np.bincount(labels, table.counts, minlength=len(centroids)).astype(int).tolist(),
+        **figures,
+        "history": history(area, image_id, iterations),
+        **(extra or {}),
+    }
+    write_json(out_json, result)
+    return result
