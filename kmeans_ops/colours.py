@@ -27,6 +27,11 @@ class ColourTable:
     def n_pixels(self) -> int:
         return int(self.counts.sum())
 
+    def mean(self) -> np.ndarray:
+        """Mean colour over all pixels (B, G, R). The weighted sums are exact integers, so this is
+        bit-for-bit the mean of the pixel array (scikit-learn centres its data on it)."""
+        return (self.counts.astype(np.float64) @ self.bgr()) / float(self.n_pixels)
+
     def bgr(self) -> np.ndarray:
         """The colours as an (n, 3) float64 array in B, G, R order (the order of OpenCV and the files)."""
         return codes_to_bgr(self.codes)

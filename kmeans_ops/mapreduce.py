@@ -74,34 +74,41 @@ class Update:
 
 
 # ---------------------------------------------------------------- map
-def assign(colours: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each colour and the squared distance to it (the expansion scikit-learn
-    uses: ||x||^2 - 2 x.c + ||c||^2, computed block by block)."""
+def assign(colours: np.ndarray, centroids: np.ndarray, origin=None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each colour and the squared distance to it.
+
+    The nearest centroid is found as scikit-learn's lloyd finds it, block by block, in a frame
+    centred at ``origin`` (the image's mean colour; sklearn centres the data on its mean), by the
+    smallest ||c||^2 - 2 x.c. A colour exactly halfway between two centroids (integer colours and
+    k-means++ centroids make such ties common) therefore goes where scikit-learn sends it. The
+    returned distance is then computed directly, (x - c)^2, as sklearn's inertia is.
+    """
+    origin = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
     labels = np.empty(len(colours), np.intp)
     dist = np.empty(len(colours))
-    minus_2ct = -2.0 * centroids.T
-    c_norm = np.einsum("ij,ij->i", centroids, centroids)
+    centred = centroids - origin
+    minus_2ct = -2.0 * centred.T
+    c_norm = np.einsum("ij,ij->i", centred, centred)
     for lo in range(0, len(colours), CHUNK):
-        x = colours[lo : lo + CHUNK]
+        x = colours[lo : lo + CHUNK] - origin
         d = x @ minus_2ct
         d += c_norm
         lab = d.argmin(axis=1)
         labels[lo : lo + CHUNK] = lab
-        dist[lo : lo + CHUNK] = np.take_along_axis(d, lab[:, None], axis=1)[:, 0]
-    dist += np.einsum("ij,ij->i", colours, colours)
-    np.maximum(dist, 0.0, out=dist)
+        diff = x - centred[lab]
+        dist[lo : lo + CHUNK] = np.einsum("ij,ij->i", diff, diff)
     return labels, dist
 
 
-def map_colours(colours: np.ndarray, weights: np.ndarray, centroids: np.ndarray, codes: np.ndarray) -> Partials:
+def map_colours(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centroids: np.ndarray, origin) -> Partials:
     """Map one block of an image's weighted colours against its centroids (in-mapper combining).
 
     ``colours`` (n, 3) float64 B, G, R; ``weights`` (n,) pixel counts; ``codes`` (n,) their
-    ``0xRRGGBB`` codes (to name far candidates). Returns one Partials with K sums and up to K
-    far candidates.
+    ``0xRRGGBB`` codes (to name far candidates); ``origin`` the image's mean colour (see
+    :func:`assign`). Returns one Partials with K sums and up to K far candidates.
     """
     k = len(centroids)
-    labels, dist = assign(colours, centroids)
+    labels, dist = assign(colours, centroids, origin)
     sums = np.empty((k, 3))
     for channel in range(3):
         sums[:, channel] = np.bincount(labels, weights * colours[:, channel], minlength=k)
@@ -155,10 +162,11 @@ def combine(parts: list[Partials]) -> Partials:
 def reduce_image(part: Partials, centroids: np.ndarray, delta: float) -> Update:
     """New centroids from the combined partials of one image.
 
-    An empty cluster is re-seeded at the farthest colour from its centroid (as scikit-learn does),
-    taking that colour and its pixels away from the cluster that had it; a colour whose cluster
-    would become empty is passed over. A cluster left empty (too few distinct colours) keeps its
-    centroid. Converged: no cluster was re-seeded and every centroid moved at most ``delta``.
+    An empty cluster is re-seeded as scikit-learn does it: it gets one pixel of the colour farthest
+    from its centroid, taken from the cluster that had it. Each empty cluster gets a different
+    colour, and a pixel whose cluster would become empty is passed over, so clusters never vanish.
+    A cluster left empty (too few distinct colours) keeps its centroid. Converged: no cluster was
+    re-seeded and every centroid moved at most ``delta``.
     """
     sums, weights = part.sums.copy(), part.weights.copy()
     reseeded = []
@@ -169,14 +177,14 @@ def reduce_image(part: Partials, centroids: np.ndarray, delta: float) -> Update:
         candidates = iter(range(len(part.far_dist)))
         for cluster in empty:
             for c in candidates:
-                donor, w = int(part.far_label[c]), part.far_weight[c]
-                if part.far_dist[c] <= 0 or weights[donor] <= w:
+                donor = int(part.far_label[c])
+                if part.far_dist[c] <= 0 or weights[donor] <= 1:
                     continue
                 colour = codes_to_bgr(part.far_code[c : c + 1])[0]
-                sums[donor] -= colour * w
-                weights[donor] -= w
-                sums[cluster] = colour * w
-                weights[cluster] = w
+                sums[donor] -= colour
+                weights[donor] -= 1
+                sums[cluster] = colour
+                weights[cluster] = 1
                 reseeded.append(int(cluster))
                 break
     new = centroids.astype(np.float64, copy=True)
@@ -198,7 +206,7 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def map_table(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centroids: np.ndarray, tasks: int = 0) -> Partials:
+def map_table(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centroids: np.ndarray, origin, tasks: int = 0) -> Partials:
     """Map a whole table as ``tasks`` map tasks in threads (NumPy releases the GIL), then combine.
 
     ``tasks=0`` uses one task per core (a single task for tables under 64 k colours).
@@ -206,10 +214,10 @@ def map_table(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centr
     if tasks <= 0:
         tasks = 1 if len(colours) < 65536 else (os.cpu_count() or 1)
     if tasks == 1:
-        return map_colours(colours, weights, centroids, codes)
+        return map_colours(colours, weights, codes, centroids, origin)
     bounds = np.linspace(0, len(colours), tasks + 1).astype(int)
     slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    parts = list(_pool().map(lambda s: map_colours(colours[s], weights[s], centroids, codes[s]), slices))
+    parts = list(_pool().map(lambda s: map_colours(colours[s], weights[s], codes[s], centroids, origin), slices))
     return combine(parts)
 
 

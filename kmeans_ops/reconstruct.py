@@ -25,7 +25,7 @@ def palette_of(centroids: np.ndarray) -> np.ndarray:
 
 
 def label_table(table: ColourTable, centroids: np.ndarray) -> np.ndarray:
-    labels, _ = assign(table.bgr(), centroids)
+    labels, _ = assign(table.bgr(), centroids, table.mean())
     return labels
 
 

@@ -33,7 +33,7 @@ class EmbeddedEngine:
             self._cache.move_to_end(key)
             return self._cache[key]
         table = read_points(path)
-        entry = (table.bgr(), table.counts.astype(np.float64), table.codes)
+        entry = (table.bgr(), table.counts.astype(np.float64), table.codes, table.mean())
         self._cache[key] = entry
         while sum(e[0].nbytes * 2 for e in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
             self._cache.popitem(last=False)
@@ -42,9 +42,9 @@ class EmbeddedEngine:
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
         figures = {}
         for image_id in image_ids:
-            colours, weights, codes = self._load(area.points(image_id))
+            colours, weights, codes, origin = self._load(area.points(image_id))
             centroids = read_clusters(area.clusters(image_id, iteration - 1))
-            part = mapreduce.map_table(colours, weights, codes, centroids, self.tasks)
+            part = mapreduce.map_table(colours, weights, codes, centroids, origin, self.tasks)
             update = mapreduce.reduce_image(part, centroids, delta)
             write_clusters(area.clusters(image_id, iteration), update.centroids)
             figures[image_id] = update.figures(iteration)

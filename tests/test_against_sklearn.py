@@ -1,0 +1,91 @@
+"""The algorithm against scikit-learn's KMeans on real photos.
+
+Tolerance: centroids agree to 1e-6 relative (rtol) and 1e-6 colour units absolute. Sums of integer
+colours times integer counts are exact in float64, so in practice they agree to the last few bits.
+"""
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from conftest import photo_bgr
+from kmeans_ops import mapreduce
+from kmeans_ops.colours import colour_table
+from kmeans_ops.initialise import initial_centroids
+from kmeans_ops.reconstruct import label_table, palette_of, quality
+
+RTOL = 1e-6
+
+
+def lloyd(table, centroids, iterations):
+    """Our map/combine/reduce for a fixed number of iterations, no early stop.
+
+    Returns the centroids and how many clusters were re-seeded in all."""
+    colours, weights = table.bgr(), table.counts.astype(float)
+    reseeded = 0
+    for _ in range(iterations):
+        part = mapreduce.map_table(colours, weights, table.codes, centroids, table.mean())
+        update = mapreduce.reduce_image(part, centroids, delta=0.0)
+        centroids, reseeded = update.centroids, reseeded + len(update.reseeded)
+    return centroids, reseeded
+
+
+# (photo, init, seed). The random starts leave 1 or 2 clusters empty at the first step, which both
+# implementations re-seed at the farthest pixel (with 3 or more at once, sklearn's pairing of empty
+# clusters and far pixels follows its argpartition's internal order, which we do not copy).
+CASES = [
+    ("china", "kmeans++", 3), ("flower", "kmeans++", 3), ("coffee", "kmeans++", 3), ("rocket", "kmeans++", 1),
+    ("china", "random", 3), ("china", "random", 5), ("flower", "random", 3), ("coffee", "random", 3),
+    ("rocket", "random", 3),
+]
+
+
+@pytest.mark.parametrize("name,init,seed", CASES)
+def test_same_centroids_as_sklearn_lloyd_on_all_pixels(name, init, seed):
+    bgr = photo_bgr(name)
+    table = colour_table(bgr)
+    start = initial_centroids(table, 8, init, seed=seed)
+    ours, reseeded = lloyd(table, start, iterations=10)
+    km = KMeans(n_clusters=8, init=start, n_init=1, max_iter=10, tol=0.0, algorithm="lloyd")
+    km.fit(bgr.reshape(-1, 3).astype(np.float64))
+    np.testing.assert_allclose(ours, km.cluster_centers_, rtol=RTOL, atol=1e-6)
+    if (name, init, seed) in [("china", "random", 5), ("flower", "random", 3)]:
+        assert reseeded > 0  # these starts do exercise the re-seeding of empty clusters
+
+
+def test_weighted_table_equals_all_pixels():
+    """sklearn itself: weighted distinct colours give the same centroids as all pixels."""
+    bgr = photo_bgr("chelsea")
+    table = colour_table(bgr)
+    start = initial_centroids(table, 12, "kmeans++", seed=0)
+    all_pixels = KMeans(12, init=start, n_init=1, max_iter=15, tol=0.0, algorithm="lloyd").fit(
+        bgr.reshape(-1, 3).astype(np.float64)
+    )
+    weighted = KMeans(12, init=start, n_init=1, max_iter=15, tol=0.0, algorithm="lloyd").fit(
+        table.bgr(), sample_weight=table.counts.astype(np.float64)
+    )
+    np.testing.assert_allclose(weighted.cluster_centers_, all_pixels.cluster_centers_, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(lloyd(table, start, 15)[0], all_pixels.cluster_centers_, rtol=RTOL, atol=1e-6)
+    assert table.n_pixels == bgr.shape[0] * bgr.shape[1]
+
+
+def test_quality_within_two_percent_of_sklearn_kmeanspp(photo_dir, tmp_path):
+    """k-means++ at K=16 through the CLI: MSE on average at most 2% above sklearn's k-means++."""
+    from conftest import run_cli
+    import json
+
+    names = ["china", "flower", "astronaut", "coffee", "chelsea", "rocket"]
+    ratios = []
+    for name in names:
+        bgr = photo_bgr(name)
+        path = next(photo_dir.glob(f"{name}.*"))
+        status, err = run_cli("quantize", path, "-k", 16, "--seed", 0, "--out", tmp_path, "-q")
+        assert status == 0, err
+        ours = json.load(open(tmp_path / f"{name}.json"))["mse"]
+        km = KMeans(16, init="k-means++", n_init=1, random_state=0, algorithm="lloyd").fit(
+            bgr.reshape(-1, 3).astype(np.float64)
+        )
+        table = colour_table(bgr)
+        theirs = quality(table, label_table(table, km.cluster_centers_), palette_of(km.cluster_centers_))["mse"]
+        ratios.append(ours / theirs)
+    assert np.mean(ratios) <= 1.02, ratios
