@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the work area (points, clusters, per-iteration figures) in DIR "
                         "(default: a temporary folder, removed at the end)")
     q.add_argument("-q", "--quiet", action="store_true", help="print errors and the summary only")
+    s = sub.add_parser("samples", help="write sample photos (shipped by scikit-learn and scikit-image) to a folder")
+    s.add_argument("folder", help="where to write them (created if missing)")
     return parser
 
 
@@ -162,6 +164,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "quantize":
         return quantize(args)
+    if args.command == "samples":
+        from .samples import write_samples
+
+        for path in write_samples(args.folder):
+            print(path)
+        return 0
     return 2  # pragma: no cover
 
 

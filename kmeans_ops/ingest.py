@@ -63,6 +63,9 @@ def read_image(path: str | os.PathLike) -> Image:
     try:
         pixels = cv2.imdecode(data, flags)
     except cv2.error as err:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
+            raise InputError(path, "image too large: over OpenCV's limit of 2^30 pixels "
+                             "(the environment variable OPENCV_IO_MAX_IMAGE_PIXELS raises it)") from None
         raise InputError(path, f"OpenCV cannot decode it: {str(err).strip().splitlines()[-1]}") from None
     if pixels is None:
         raise InputError(
