@@ -15,6 +15,10 @@ import time
 from urllib.parse import quote
 
 from . import params as P
+
+#: Decoded images (and colour tables) up to this many bytes stay in memory between ingest and
+#: reconstruction instead of being decoded again.
+KEEP_BYTES = 512 << 20
 from .errors import InputError
 
 DESCRIPTION = """K-means colour quantisation: redraw each image with its K cluster colours.
@@ -123,12 +127,19 @@ def quantize(args) -> int:
     area = WorkArea(os.path.abspath(work))
     failures: dict[str, str] = {}
     started = time.perf_counter()
+    held = 0  # bytes of decoded images kept in memory for reconstruction (up to KEEP_BYTES)
+    kept = {}
     try:
         ready = []  # (path, stem, image id)
         for path, stem in zip(paths, output_stems(paths)):
             image_id = image_id_of(stem)
             try:
-                meta = ingest(path, image_id, area, params)
+                meta, image, table = ingest(path, image_id, area, params, keep=True)
+                size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
+                if held + size <= KEEP_BYTES:
+                    kept[image_id] = (image, table)
+                    held += size
+                del image, table
                 ready.append((path, stem, image_id))
                 say(f"read {path}: {meta['pixels']} pixels, {meta['distinct_colours']} distinct colours, k={meta['k']}")
             except (InputError, MemoryError) as err:
@@ -143,7 +154,10 @@ def quantize(args) -> int:
         for path, stem, image_id in ready:
             try:
                 out_image = os.path.join(args.out, f"{stem}.png")
-                result = finish(area, image_id, runs[image_id], out_image, os.path.join(args.out, f"{stem}.json"), extra)
+                image, table = kept.pop(image_id, (None, None))
+                result = finish(area, image_id, runs[image_id], out_image, os.path.join(args.out, f"{stem}.json"), extra,
+                                image=image, table=table)
+                del image, table
                 psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f}"
                 state = "converged" if result["converged"] else "stopped at max_iter"
                 say(f"wrote {result['output'] or os.path.join(args.out, stem + '.json')}: k={result['k']}, "

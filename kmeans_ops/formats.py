@@ -27,7 +27,6 @@ from .storage import write_bytes
 _TAIL = 22  # len("BBB GGG RRR CCCCCCCCCC")
 _DIGIT_COLUMNS = np.array([0, 1, 2, 4, 5, 6, 8, 9, 10] + list(range(12, 22)))
 _SPACE_COLUMNS = np.array([3, 7, 11])
-_POWERS = 10 ** np.arange(9, -1, -1, dtype=np.int64)
 MAX_COUNT = 10**10 - 1
 
 
@@ -38,29 +37,37 @@ def check_image_id(image_id: str) -> str:
 
 
 # ---------------------------------------------------------------- weighted points
+def _digits_table(width: int) -> np.ndarray:
+    """ASCII digits of 0 .. 10**width - 1, zero-padded: row v is the text of v."""
+    values = np.arange(10**width)
+    return (values[:, None] // 10 ** np.arange(width - 1, -1, -1) % 10 + ord("0")).astype(np.uint8)
+
+
+_DIGITS3 = _digits_table(3)[:256]
+_DIGITS5 = None  # built on first use (500 kB)
+
+
 def format_points(image_id: str, table: ColourTable) -> bytes:
-    """The weighted points lines of one image, built as one byte array (no per-line Python)."""
+    """The weighted points lines of one image, built as one byte array by table lookups."""
+    global _DIGITS5
     check_image_id(image_id)
     if len(table) and int(table.counts.max()) > MAX_COUNT:
         raise ValueError(f"a colour count exceeds {MAX_COUNT}")
+    if _DIGITS5 is None:
+        _DIGITS5 = _digits_table(5)
     prefix = np.frombuffer(image_id.encode("utf-8") + b"\t", np.uint8)
-    bgr = codes_to_bgr(table.codes).astype(np.int64)
-    n = len(table)
-    lines = np.empty((n, len(prefix) + _TAIL + 1), np.uint8)
-    lines[:, : len(prefix)] = prefix
-    tail = lines[:, len(prefix) : len(prefix) + _TAIL]
-    for channel in range(3):
-        value = bgr[:, channel]
-        base = channel * 4
-        tail[:, base] = value // 100
-        tail[:, base + 1] = value // 10 % 10
-        tail[:, base + 2] = value % 10
+    codes = table.codes.astype(np.uint32)
     counts = table.counts.astype(np.int64)
-    tail[:, 12:22] = (counts[:, None] // _POWERS) % 10
-    tail[:, _DIGIT_COLUMNS] += ord("0")
-    tail[:, _SPACE_COLUMNS] = ord(" ")
-    lines[:, -1] = ord("\n")
-    return lines.tobytes()
+    space = np.full((len(codes), 1), ord(" "), np.uint8)
+    parts = [
+        np.broadcast_to(prefix, (len(codes), len(prefix))),
+        _DIGITS3[codes & 0xFF], space,
+        _DIGITS3[(codes >> 8) & 0xFF], space,
+        _DIGITS3[codes >> 16], space,
+        _DIGITS5[counts // 100000], _DIGITS5[counts % 100000],
+        np.full((len(codes), 1), ord("\n"), np.uint8),
+    ]
+    return np.concatenate(parts, axis=1).tobytes()
 
 
 def write_points(path: str, image_id: str, table: ColourTable) -> None:
@@ -71,59 +78,83 @@ def parse_points(data: bytes, source: str = "<points>") -> list[tuple[str, Colou
     """Parse weighted points lines into (image id, table) runs, in order of appearance.
 
     Every line is checked; the first bad one raises InputError naming ``source`` and its line number
-    (the seed's mapper silently skipped bad lines).
+    (the seed's mapper silently skipped bad lines). A block of one image's lines, all of the same
+    length, is parsed as a 2-D byte array without any gather.
     """
     if not data:
         return []
     if not data.endswith(b"\n"):
         data += b"\n"
     buf = np.frombuffer(data, np.uint8)
+    width = data.find(b"\n") + 1
+    if width > _TAIL + 2 and len(data) % width == 0:
+        rows = buf.reshape(-1, width)
+        ids = rows[:, : width - _TAIL - 2]
+        if (rows[:, -1] == 10).all() and (rows[:, width - _TAIL - 2] == 9).all() and (ids == ids[0]).all():
+            image_id = data[: width - _TAIL - 2].decode("utf-8")
+            if any(ch.isspace() for ch in image_id):
+                _fail(data, np.array([0]), np.array([width - 1]), 0, source, "whitespace in image id")
+            ends = np.arange(width - 1, len(data), width)
+            starts = ends - (width - 1)
+            table = _parse_tails(rows[:, width - _TAIL - 1 : width - 1], data, starts, ends, source)
+            return [(image_id, table)]
+    return _parse_general(data, buf, source)
+
+
+def _fail(data, starts, ends, line_index, source, why):
+    text = data[starts[line_index] : ends[line_index]][:80].decode("utf-8", "replace")
+    raise InputError(
+        source, f"line {line_index + 1}: {why}; expected '<image id>\\t<BBB> <GGG> <RRR> <count>', got {text!r}"
+    )
+
+
+def _parse_tails(tail: np.ndarray, data, starts, ends, source) -> ColourTable:
+    """(n, 22) bytes 'BBB GGG RRR CCCCCCCCCC' -> table, every line checked."""
+    digits = tail[:, _DIGIT_COLUMNS] - np.uint8(ord("0"))  # wraps below '0', so one test: > 9
+    bad = (digits > 9).any(axis=1) | (tail[:, _SPACE_COLUMNS] != ord(" ")).any(axis=1)
+    if bad.any():
+        _fail(data, starts, ends, int(np.flatnonzero(bad)[0]), source, "malformed colour or count")
+    d = digits[:, :9].astype(np.int32)
+    bgr = d[:, 0::3] * 100 + d[:, 1::3] * 10 + d[:, 2::3]
+    if (bgr > 255).any():
+        _fail(data, starts, ends, int(np.flatnonzero((bgr > 255).any(axis=1))[0]), source, "colour value above 255")
+    counts = np.zeros(len(digits), np.int64)
+    for column in range(9, 19):
+        counts *= 10
+        counts += digits[:, column]
+    if (counts < 1).any():
+        _fail(data, starts, ends, int(np.flatnonzero(counts < 1)[0]), source, "count must be >= 1")
+    return ColourTable(codes=bgr_to_codes(bgr), counts=counts)
+
+
+def _parse_general(data: bytes, buf: np.ndarray, source: str) -> list[tuple[str, ColourTable]]:
+    """Lines of any ids and lengths (a Hadoop stream of several images)."""
     ends = np.flatnonzero(buf == ord("\n"))
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     tabs = ends - _TAIL - 1
     id_len = tabs - starts
-
-    def fail(line_index: int, why: str):
-        text = data[starts[line_index] : ends[line_index]][:80].decode("utf-8", "replace")
-        raise InputError(
-            source,
-            f"line {line_index + 1}: {why}; expected '<image id>\\t<BBB> <GGG> <RRR> <count>', got {text!r}",
-        )
-
     short = np.flatnonzero(id_len < 1)
     if short.size:
-        fail(int(short[0]), "line too short")
+        _fail(data, starts, ends, int(short[0]), source, "line too short")
     bad_tab = np.flatnonzero(buf[tabs] != ord("\t"))
     if bad_tab.size:
-        fail(int(bad_tab[0]), "no tab before the colour and count")
-    tail = buf[(ends - _TAIL)[:, None] + np.arange(_TAIL)]
-    digits = tail[:, _DIGIT_COLUMNS].astype(np.int64) - ord("0")
-    bad = np.flatnonzero(((digits < 0) | (digits > 9)).any(axis=1) | (tail[:, _SPACE_COLUMNS] != ord(" ")).any(axis=1))
-    if bad.size:
-        fail(int(bad[0]), "malformed colour or count")
-    bgr = digits[:, 0:9:3] * 100 + digits[:, 1:9:3] * 10 + digits[:, 2:9:3]
-    if (bgr > 255).any():
-        fail(int(np.flatnonzero((bgr > 255).any(axis=1))[0]), "colour value above 255")
-    counts = digits[:, 9:] @ _POWERS
-    if (counts < 1).any():
-        fail(int(np.flatnonzero(counts < 1)[0]), "count must be >= 1")
-    codes = bgr_to_codes(bgr)
+        _fail(data, starts, ends, int(bad_tab[0]), source, "no tab before the colour and count")
+    table = _parse_tails(buf[(ends - _TAIL)[:, None] + np.arange(_TAIL)], data, starts, ends, source)
 
     # Group consecutive lines by image id: compare each line's id bytes with the previous line's.
-    width = int(id_len.max())
-    cols = np.arange(width)
+    cols = np.arange(int(id_len.max()))
     ids = np.where(cols < id_len[:, None], buf[np.minimum(starts[:, None] + cols, len(buf) - 1)], 0)
-    if np.isin(ids, (ord(" "), ord("\t"), ord("\r"))).any():
-        fail(int(np.flatnonzero(np.isin(ids, (ord(" "), ord("\t"), ord("\r"))).any(axis=1))[0]), "whitespace in image id")
+    spaces = np.isin(ids, (ord(" "), ord("\t"), ord("\r"))).any(axis=1)
+    if spaces.any():
+        _fail(data, starts, ends, int(np.flatnonzero(spaces)[0]), source, "whitespace in image id")
     change = np.flatnonzero((ids[1:] != ids[:-1]).any(axis=1)) + 1
     bounds = np.concatenate(([0], change, [len(ends)]))
-    runs = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        image_id = data[starts[lo] : tabs[lo]].decode("utf-8")
-        runs.append((image_id, ColourTable(codes=codes[lo:hi], counts=counts[lo:hi])))
-    return runs
+    return [
+        (data[starts[lo] : tabs[lo]].decode("utf-8"), ColourTable(codes=table.codes[lo:hi], counts=table.counts[lo:hi]))
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
 
 
 def read_points(path: str) -> ColourTable:

@@ -139,11 +139,13 @@ def find_images(inputs: list[str]) -> list[str]:
     return unique
 
 
-def ingest(path: str, image_id: str, area, params) -> dict:
+def ingest(path: str, image_id: str, area, params, keep: bool = False):
     """Write one input's points file, initial clusters file and metadata into the work area.
 
     ``path`` is an image, or a seed ``points.txt`` (any ``.txt``: it has no pixel grid, so the run
-    gives centroids and figures but no output image). Returns the metadata (also in image.json).
+    gives centroids and figures but no output image). Returns the metadata (also in image.json),
+    or with ``keep`` the tuple (metadata, decoded Image or None, ColourTable), which a caller in the
+    same process can hand to reconstruct.finish instead of decoding the image again.
     Raises InputError for a bad input; nothing is written for it then.
     """
     from .colours import colour_table
@@ -152,6 +154,7 @@ def ingest(path: str, image_id: str, area, params) -> dict:
     from .storage import write_json
 
     st = os.stat(path)
+    image = None
     meta = {
         "image_id": image_id,
         "source": os.path.abspath(path),
@@ -167,7 +170,6 @@ def ingest(path: str, image_id: str, area, params) -> dict:
         table = colour_table(image.bgr)
         height, width = image.shape
         meta.update(width=width, height=height, bit_depth=image.bit_depth, alpha=image.alpha is not None)
-        del image
     centroids = initial_centroids(table, params.k, params.init, params.seed)
     meta.update(
         pixels=table.n_pixels,
@@ -178,4 +180,4 @@ def ingest(path: str, image_id: str, area, params) -> dict:
     write_points(area.points(image_id), image_id, table)
     write_clusters(area.clusters(image_id, 0), centroids)
     write_json(area.meta(image_id), meta)
-    return meta
+    return (meta, image, table) if keep else meta

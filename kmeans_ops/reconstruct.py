@@ -60,11 +60,14 @@ def write_image(path: str, pixels: np.ndarray) -> None:
     write_bytes(path, encoded.tobytes())
 
 
-def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str, extra: dict | None = None) -> dict:
+def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str, extra: dict | None = None,
+           image: Image | None = None, table: ColourTable | None = None) -> dict:
     """Reconstruct one image from its final centroids and write its output image and JSON figures.
 
     ``run`` is the driver's ``{"iterations": n, "converged": bool}``. The output image is skipped
-    for inputs with no pixel grid (seed points files). Returns the figures written to ``out_json``.
+    for inputs with no pixel grid (seed points files). ``image`` and ``table``, when the caller
+    still holds them from ingest, save decoding the source and parsing the points file again.
+    Returns the figures written to ``out_json``.
     """
     import os
 
@@ -76,16 +79,17 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     meta = read_json(area.meta(image_id))
     iterations = run["iterations"]
     centroids = read_clusters(area.clusters(image_id, iterations))
-    table = read_points(area.points(image_id))
+    table = table if table is not None else read_points(area.points(image_id))
     labels = label_table(table, centroids)
     palette = palette_of(centroids)
     figures = quality(table, labels, palette)
     written = None
     if meta["kind"] == "image" and out_image:
-        st = os.stat(meta["source"])
-        if (st.st_size, st.st_mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
-            raise InputError(meta["source"], "the file changed during the run; run it again")
-        image = read_image(meta["source"])
+        if image is None:
+            st = os.stat(meta["source"])
+            if (st.st_size, st.st_mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
+                raise InputError(meta["source"], "the file changed during the run; run it again")
+            image = read_image(meta["source"])
         write_image(out_image, render(image, table, labels, palette))
         written = out_image
     result = {
