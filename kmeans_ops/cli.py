@@ -12,7 +12,6 @@ import shutil
 import sys
 import tempfile
 import time
-from urllib.parse import quote
 
 from . import params as P
 
@@ -64,26 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def output_stems(paths: list[str]) -> list[str]:
-    """One output stem per input: the file name without extension, made unique with -2, -3, ..."""
-    used: set[str] = set()
-    stems = []
-    for path in paths:
-        base = os.path.splitext(os.path.basename(path))[0] or "image"
-        stem, n = base, 1
-        while stem.lower() in used:
-            n += 1
-            stem = f"{base}-{n}"
-        used.add(stem.lower())
-        stems.append(stem)
-    return stems
-
-
-def image_id_of(stem: str) -> str:
-    """A whitespace-free, ASCII id for the files of the work area and the MapReduce records."""
-    return quote(stem, safe="")
-
-
 def _check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
@@ -96,8 +75,9 @@ def _check_writable(folder: str) -> None:
 def quantize(args) -> int:
     from .driver import print_progress, run_iterations
     from .engines import get_engine
-    from .ingest import find_images, ingest
+    from .ingest import ingest
     from .reconstruct import finish
+    from .run import expand_inputs, image_id_of, output_stems
     from .workarea import WorkArea
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -114,7 +94,7 @@ def quantize(args) -> int:
         if params.init not in P.INIT_METHODS and not os.path.isfile(params.init):
             raise P.ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {params.init!r}")
         _check_writable(args.out)
-        paths = find_images(args.inputs)
+        paths = expand_inputs(args.inputs)
     except (P.ParamError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

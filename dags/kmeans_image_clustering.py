@@ -1,0 +1,309 @@
+"""K-means colour quantisation of images, as MapReduce iterations driven by Airflow."""
+
+from __future__ import annotations
+
+import os
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import Asset, Param, TaskGroup, dag, task
+from kmeans_plugin.macros import default_work_root
+from kmeans_plugin.operators import KMeansIterationOperator
+
+#: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
+ITERATION_BOUND = max(30, int(os.environ.get("KMEANS_ITERATION_BOUND", "30")))
+DEFAULT_OUTPUT = os.environ.get("KMEANS_OUTPUT_ROOT") or os.path.join(
+    os.environ.get("KMEANS_HOME", os.environ.get("AIRFLOW_HOME", os.path.expanduser("~"))), "kmeans-output"
+)
+RESULTS = Asset(name="kmeans_results", uri=f"file://{os.path.abspath(DEFAULT_OUTPUT)}")
+
+DOC = f"""
+### K-means colour quantisation
+
+Redraws each image with its K cluster colours. Give one or more **input** folders, files or glob
+patterns; each image's output PNG, its figures (JSON) and an HTML **report** are published together
+in `<output>/<run key>/` (and `<output>/latest`).
+
+Pipeline: `prepare` (check params, find images) -> `ingest` (one task per image: colour table,
+points and initial clusters files) -> `upload` (to the run's work area) -> `iteration_NN`: one
+MapReduce job per batch of images still moving, then `converge` goes on to the next iteration or
+exits -> `reconstruct` (one task per image) -> `publish` -> `cleanup`.
+
+Up to {ITERATION_BOUND} iterations (parse-time bound); `max_iterations` stops earlier. A bad image
+is reported and the others go on; a run where every image fails is marked failed.
+"""
+
+
+def _plan_key(context) -> str:
+    from kmeans_ops.run import run_key
+
+    return run_key(context["run_id"])
+
+
+@dag(
+    dag_id="kmeans_image_clustering",
+    schedule=None,
+    catchup=False,
+    max_active_runs=4,
+    tags=["kmeans", "images", "mapreduce"],
+    doc_md=DOC,
+    params={
+        "input": Param(
+            [],
+            type="array",
+            items={"type": "string", "minLength": 1},
+            minItems=1,
+            title="Input images",
+            description_md="Local folders, image files or glob patterns, one per line "
+            "(JPEG, PNG, BMP, TIFF, WebP). `hdfs://` paths with the Hadoop engine.",
+        ),
+        "k": Param(16, type="integer", minimum=1, maximum=256, title="K (colours)",
+                   description="Number of clusters, i.e. colours in each output image."),
+        "max_iterations": Param(ITERATION_BOUND, type="integer", minimum=1, maximum=ITERATION_BOUND,
+                                title="Max iterations",
+                                description=f"Most MapReduce iterations per image (at most {ITERATION_BOUND})."),
+        "delta": Param(1.0, type="number", minimum=0, maximum=32, title="Delta (convergence)",
+                       description="Converged when no centroid moved more than this many colour units; "
+                                   "0 means until no centroid moves."),
+        "init": Param("kmeans++", type="string", minLength=1, title="Initial centroids",
+                      examples=["kmeans++", "random"],
+                      description="'kmeans++', 'random' (the seed's rule) or the path of a clusters file "
+                                  "('label B G R' per line)."),
+        "seed": Param(0, type="integer", minimum=0, title="Random seed",
+                      description="Seed of every random choice: same seed, same result."),
+        "engine": Param("local", type="string", enum=["local", "hadoop"], title="Engine",
+                        values_display={"local": "Embedded (in-process MapReduce)",
+                                        "hadoop": "Hadoop Streaming on YARN, data in HDFS"}),
+        "output": Param(DEFAULT_OUTPUT, type="string", minLength=1, title="Output folder",
+                        description="Each run publishes into <output>/<run key>/."),
+        "batch_size": Param(64, type="integer", minimum=1, maximum=10000, title="Images per job",
+                            description="Images carried by one MapReduce job."),
+    },
+)
+def kmeans_image_clustering():
+    @task
+    def prepare(**context) -> dict:
+        """Validate the parameters once and list the images: the run's plan."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from kmeans_ops import params as P
+        from kmeans_ops.errors import InputError
+        from kmeans_ops.run import expand_inputs, plan_images
+
+        p = context["params"]
+        try:
+            validated = P.validate(k=p["k"], init=p["init"], seed=p["seed"], max_iter=p["max_iterations"],
+                                   delta=p["delta"])
+            if validated.init not in P.INIT_METHODS and not os.path.isfile(validated.init):
+                raise P.ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {validated.init!r}")
+            images = plan_images(expand_inputs(list(p["input"])))
+        except (P.ParamError, InputError) as err:
+            raise AirflowFailException(str(err)) from None
+        if not images:
+            raise AirflowFailException(f"no images found in {p['input']}")
+        key = _plan_key(context)
+        run = {
+            "run_id": context["run_id"],
+            "dag_id": context["dag"].dag_id,
+            "key": key,
+            "engine": p["engine"],
+            "work": os.path.join(default_work_root(), key),
+            "output": os.path.abspath(os.path.expanduser(p["output"])),
+            "batch_size": p["batch_size"],
+            "params": validated.to_json(),
+            "images": images,
+        }
+        return run
+
+    @task
+    def images_of(run: dict) -> list[dict]:
+        return run["images"]
+
+    @task(map_index_template="{{ image_name }}")
+    def ingest(image: dict, run: dict) -> dict:
+        """Colour table, points file and initial clusters of one image (a bad image is reported)."""
+        from airflow.sdk import get_current_context
+
+        from kmeans_ops import ingest as stage
+        from kmeans_ops.errors import InputError
+        from kmeans_ops.params import Params
+        from kmeans_ops.workarea import WorkArea
+
+        get_current_context()["image_name"] = image["stem"]
+        try:
+            meta = stage.ingest(image["path"], image["image_id"], WorkArea(run["work"]), Params(**run["params"]))
+        except (InputError, MemoryError) as err:
+            message = str(err) if isinstance(err, InputError) else f"{image['path']}: out of memory"
+            import logging
+
+            logging.getLogger(__name__).error("skipping image: %s", message)
+            return {**image, "ok": False, "stage": "ingest", "source": image["path"], "error": message}
+        return {**image, "ok": True, "k": meta["k"], "pixels": meta["pixels"], "distinct_colours": meta["distinct_colours"]}
+
+    @task
+    def upload(run: dict, ingested: list[dict]) -> dict:
+        """Put the run's work area where the engine reads it; fail the run if no image is usable."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        ingested = list(ingested)
+        good = [r for r in ingested if r["ok"]]
+        failures = [{k: r[k] for k in ("source", "error", "stage")} for r in ingested if not r["ok"]]
+        if not good:
+            reasons = "; ".join(f["error"] for f in failures)
+            raise AirflowFailException(f"all {len(ingested)} image(s) failed: {reasons}")
+        if run["engine"] == "hadoop":
+            from kmeans_ops.engines.hadoop import upload_work_area
+
+            run = {**run, "work": upload_work_area(run["work"], run["key"])}
+        return {**run, "images": {r["image_id"]: r["stem"] for r in good}, "failures": failures}
+
+    @task
+    def first_batches(run: dict) -> list[list[str]]:
+        from kmeans_ops.run import batches
+
+        return batches(list(run["images"]), run["batch_size"])
+
+    @task
+    def next_batches(run: dict, figures: list[dict]) -> list[list[str]]:
+        """The images of the previous iteration that have not converged, in batches."""
+        from kmeans_ops.run import batches
+
+        moving = [image_id for job in figures for image_id, f in job.items() if not f["converged"]]
+        return batches(moving, run["batch_size"])
+
+    def converge_step(i: int):
+        @task.branch(task_id="converge")
+        def converge(run: dict, figures: list[dict]) -> str:
+            """Next iteration, or exit: every image converged, or max_iterations reached."""
+            moving = sum(not f["converged"] for job in figures for f in job.values())
+            done = sum(len(job) for job in figures) - moving
+            print(f"iteration {i}: {done} image(s) converged, {moving} still moving")
+            if moving and i < min(run["params"]["max_iter"], ITERATION_BOUND):
+                return f"iteration_{i + 1:02d}.batches"
+            return f"iteration_{i:02d}.exit"
+
+        return converge
+
+    run = prepare()
+    ingested = ingest.partial(run=run).expand(image=images_of(run))
+    uploaded = upload(run, ingested)
+
+    exits = []
+    previous = None
+    for i in range(1, ITERATION_BOUND + 1):
+        with TaskGroup(group_id=f"iteration_{i:02d}"):
+            if previous is None:
+                jobs = first_batches.override(task_id="batches")(uploaded)
+            else:
+                previous_converge, previous_figures = previous
+                jobs = next_batches.override(task_id="batches")(uploaded, previous_figures)
+                previous_converge >> jobs
+            mapreduce = KMeansIterationOperator.partial(task_id="mapreduce", plan=uploaded, iteration=i).expand(batch=jobs)
+            figures = mapreduce.output
+            decision = converge_step(i)(uploaded, figures)
+            exit_ = EmptyOperator(task_id="exit")
+            decision >> exit_
+            exits.append(exit_)
+            previous = (decision, figures)
+
+    # Joins whichever iteration exited; the others are skipped, which must not skip what follows.
+    converged = EmptyOperator(task_id="converged", trigger_rule="none_failed_min_one_success")
+    exits >> converged
+
+    @task
+    def finals(run: dict, **context) -> list[dict]:
+        """Each image's last iteration and whether it converged (from the iterations' results)."""
+        ti = context["ti"]
+        state: dict[str, dict] = {}
+        for i in range(1, ITERATION_BOUND + 1):
+            pulled = ti.xcom_pull(task_ids=f"iteration_{i:02d}.mapreduce")  # every map index
+            if pulled is None:
+                continue
+            jobs = pulled if isinstance(pulled, list) else [pulled]
+            for job in jobs:
+                for image_id, f in (job or {}).items():
+                    state[image_id] = {"iterations": f["iteration"], "converged": f["converged"]}
+        return [{"image_id": image_id, "stem": stem, **state[image_id]} for image_id, stem in run["images"].items()]
+
+    @task(map_index_template="{{ image_name }}")
+    def reconstruct(image: dict, run: dict) -> dict:
+        """The image in its K colours and its figures, into the run's staging folder."""
+        import time
+
+        from airflow.sdk import get_current_context
+
+        from kmeans_ops.errors import InputError
+        from kmeans_ops.publish import staging_dir
+        from kmeans_ops.reconstruct import finish
+        from kmeans_ops.workarea import WorkArea
+
+        get_current_context()["image_name"] = image["stem"]
+        started = time.perf_counter()
+        staging = staging_dir(run["output"], run["key"])
+        area = WorkArea(run["work"])
+        if run["engine"] == "hadoop":
+            from kmeans_ops.engines.hadoop import download_image
+
+            area = download_image(area, image["image_id"])
+        try:
+            result = finish(area, image["image_id"], image,
+                            os.path.join(staging, image["stem"] + ".png"), os.path.join(staging, image["stem"] + ".json"),
+                            extra={"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]})
+        except (InputError, OSError) as err:
+            import logging
+
+            logging.getLogger(__name__).error("reconstruction failed: %s", err)
+            return {"ok": False, "stage": "reconstruct", "source": image["stem"], "error": str(err)}
+        return {"ok": True, "stem": image["stem"], "json": os.path.join(staging, image["stem"] + ".json"),
+                "seconds": time.perf_counter() - started, "psnr": result["psnr"], "k": result["k"]}
+
+    @task(outlets=[RESULTS])
+    def publish(run: dict, reconstructed: list[dict], **context) -> str:
+        """Report, summary and images published together into <output>/<run key>/."""
+        import json
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from kmeans_ops.publish import final_dir, publish as publish_run, staging_dir
+        from kmeans_plugin.links import OUTPUTS_KEY
+
+        reconstructed = list(reconstructed)
+        failures = list(run["failures"]) + [r for r in reconstructed if not r["ok"]]
+        final = final_dir(run["output"], run["key"])
+        if not os.path.isdir(staging_dir(run["output"], run["key"])) and os.path.isdir(final):
+            print(f"already published: {final}")  # a cleared and re-run publish
+        else:
+            results = []
+            for r in reconstructed:
+                if r["ok"]:
+                    result = json.load(open(r["json"], encoding="utf-8"))
+                    result["seconds"] = r["seconds"]
+                    results.append(result)
+            info = {k: run[k] for k in ("run_id", "dag_id", "engine", "params", "output")}
+            publish_run(run["output"], run["key"], results, failures, info)
+        context["ti"].xcom_push(key=OUTPUTS_KEY, value=f"file://{final}/report.html")
+        context["outlet_events"][RESULTS].extra = {"folder": final, "run_id": run["run_id"]}
+        for f in failures:
+            print(f"failed: {f['error']}")
+        if not any(r["ok"] for r in reconstructed):
+            raise AirflowFailException("no image could be reconstructed: " + "; ".join(f["error"] for f in failures))
+        print(f"published {final}")
+        return final
+
+    @task
+    def cleanup(run: dict) -> None:
+        """Remove the run's work area once its results are published (the seed never cleaned up)."""
+        import shutil
+
+        if run["engine"] == "hadoop":
+            from kmeans_ops.engines.hadoop import remove_work_area
+
+            remove_work_area(run["work"])
+        shutil.rmtree(os.path.join(default_work_root(), run["key"]), ignore_errors=True)
+
+    last = finals(uploaded)
+    converged >> last
+    published = publish(uploaded, reconstruct.partial(run=uploaded).expand(image=last))
+    published >> cleanup(uploaded)
+
+
+kmeans_image_clustering()

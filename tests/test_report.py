@@ -1,0 +1,359 @@
+"""The per-run HTML report, built from real CLI results on real photos.
+
+Palette colours are expected as lower-case hex codes (``#a1b2c3``).
+"""
+
+import base64
+import glob
+import html
+import json
+import os
+import re
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import photo_bgr, run_cli
+from kmeans_ops.report import THUMB_SIDE, thumbnail_data_uri, write_report
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+# SVG elements written self-closing (<line .../>) are reported by HTMLParser as startendtag.
+
+FAILURE = {
+    "source": '/data/in/evil <script>alert("x")</script> & co.png',
+    "error": 'evil <script>alert("x")</script> & co.png: not an image OpenCV can decode <b>&"</b>',
+    "stage": "ingest",
+}
+RUN = {
+    "run_id": "manual__2024-05-01T10:00:00+00:00",
+    "dag_id": "kmeans_quantize",
+    "engine": "local",
+    "params": {"k": 6, "init": "kmeans++", "seed": 0, "max_iter": 30, "delta": 1.0},
+    "started": "2024-05-01T10:00:00+00:00",
+    "finished": "2024-05-01T10:01:05+00:00",
+    "output": "/data/out",
+}
+
+
+class Page(HTMLParser):
+    """Checks nesting (every element closed in order) and collects what the tests look at."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors = [], []
+        self.sections = []  # per-image sections: {"id", "svgs", "imgs", "hexes", "shares", "text"}
+        self.ids, self.hrefs, self.text = set(), [], []
+        self.charset = None
+        self._in_section = None
+        self._span = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            if a["id"] in self.ids:
+                self.errors.append(f"duplicate id {a['id']}")
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(a["href"])
+        if tag == "meta" and a.get("charset"):
+            self.charset = a["charset"]
+        if tag == "section" and "image" in (a.get("class") or "").split():
+            self._in_section = {"id": a.get("id"), "svgs": 0, "imgs": [], "hexes": [], "shares": [], "text": []}
+            self.sections.append(self._in_section)
+        sec = self._in_section
+        if sec is not None:
+            if tag == "svg":
+                sec["svgs"] += 1
+            if tag == "img":
+                sec["imgs"].append(a.get("src") or "")
+            if tag == "span" and a.get("class") in ("hex", "share"):
+                self._span = a["class"]
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        if tag == "img" and self._in_section is not None:
+            self._in_section["imgs"].append(dict(attrs).get("src") or "")
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            if tag in self.stack:
+                while self.stack.pop() != tag:
+                    pass
+            return
+        self.stack.pop()
+        if tag == "section" and "section" not in self.stack:
+            self._in_section = None
+        if tag == "span":
+            self._span = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        sec = self._in_section
+        if sec is not None:
+            sec["text"].append(data)
+            if self._span == "hex":
+                sec["hexes"].append(data.strip())
+            elif self._span == "share":
+                sec["shares"].append(data.strip())
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert not page.errors, page.errors[:5]
+    assert page.stack == [], f"unclosed elements: {page.stack}"
+    return page
+
+
+def plain(page: Page) -> str:
+    return re.sub(r"\s+", " ", " ".join(page.text))
+
+
+def hex_of(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def decode_uri(uri: str) -> np.ndarray:
+    head, payload = uri.split(",", 1)
+    assert head in ("data:image/jpeg;base64", "data:image/png;base64"), head
+    pixels = cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert pixels is not None
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """Two real photos (one with quotes, & and non-ASCII letters in its name) through the real CLI."""
+    from kmeans_ops.cli import main
+    from sklearn.datasets import load_sample_image
+
+    root = tmp_path_factory.mktemp("report")
+    folder, out = root / "in", root / "out"
+    folder.mkdir()
+    names = {"china.jpg": "china.jpg", "flower.jpg": "fleur d'été & \"co\".jpg"}
+    for sample, name in names.items():
+        assert cv2.imwrite(str(folder / name), load_sample_image(sample)[..., ::-1].copy())
+    assert main(["quantize", str(folder), "-k", "6", "--out", str(out), "-q"]) == 0
+    results = [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(str(out / "*.json")))]
+    assert len(results) == 2
+    return out, results, sorted(names.values())
+
+
+@pytest.fixture(scope="module")
+def report(cli_run):
+    out, results, names = cli_run
+    before = set(os.listdir(out))
+    path = out / "report.html"
+    write_report(str(path), results, [FAILURE], RUN)
+    return path, before, results, names
+
+
+def test_report_file_written_atomically(report):
+    path, before, _, _ = report
+    assert path.is_file() and path.stat().st_size > 0
+    assert set(os.listdir(path.parent)) - before == {"report.html"}  # no temporary file left
+    text = path.read_bytes().decode("utf-8")  # valid UTF-8
+    assert text.startswith("<!DOCTYPE html>")
+    assert parse(text).charset.lower() == "utf-8"
+
+
+def test_report_shows_every_image(report):
+    path, _, results, names = report
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert len(page.sections) == len(results) == 2
+    for name in names:
+        assert html.escape(name) in text, name
+        assert name in plain(page)
+    assert "fleur d'été" not in text  # the quote in the name is escaped, not raw
+    # the summary links to each image's section
+    for section in page.sections:
+        assert f"#{section['id']}" in page.hrefs
+    for href in page.hrefs:
+        if href.startswith("#"):
+            assert href[1:] in page.ids
+
+
+def test_report_per_image_content(report):
+    path, _, results, _ = report
+    page = parse(path.read_text(encoding="utf-8"))
+    # sections come in the order of the results
+    for result, section in zip(results, page.sections):
+        body = plain_section = re.sub(r"\s+", " ", " ".join(section["text"]))
+        assert os.path.basename(result["source"]) in body
+        # before and after thumbnails, embedded, no larger than THUMB_SIDE, aspect ratio kept
+        assert len(section["imgs"]) == 2
+        for uri in section["imgs"]:
+            assert uri.startswith("data:image/")
+            thumb = decode_uri(uri)
+            h, w = thumb.shape[:2]
+            assert max(h, w) == min(THUMB_SIDE, max(result["width"], result["height"]))
+            assert abs(w / h - result["width"] / result["height"]) < 0.02
+        # the two convergence charts
+        assert section["svgs"] == 2
+        # every palette colour, lower-case hex, ordered by share of pixels, shares summing to 100 %
+        expected = [hex_of(rgb) for rgb in result["palette_rgb"]]
+        assert sorted(section["hexes"]) == sorted(expected)
+        counts = dict(zip(expected, result["cluster_pixels"]))
+        shown = [counts[h] for h in section["hexes"]]
+        assert shown == sorted(shown, reverse=True)
+        shares = [float(s.rstrip(" %")) for s in section["shares"]]
+        assert len(shares) == result["k"] and abs(sum(shares) - 100) < 0.1 * result["k"]
+        top = max(result["cluster_pixels"])
+        assert f"{100 * top / sum(result['cluster_pixels']):.1f} %" == section["shares"][0]
+        # the figures
+        assert f"{result['psnr']:.2f} dB" in plain_section
+        assert f"{result['mse']:.3f}" in plain_section
+        assert f"{result['iterations']} of max 30" in plain_section
+        assert ("yes" if result["converged"] else "no") in plain_section
+
+
+def test_convergence_chart_has_a_point_per_iteration_and_the_delta_line(report):
+    path, _, results, _ = report
+    text = path.read_text(encoding="utf-8")
+    for result in results:
+        n = len(result["history"])
+        assert n == result["iterations"] >= 1
+        for h in result["history"]:
+            assert f"iteration {h['iteration']}: " in text
+    assert text.count('class="hline"') == len(results)  # delta line on each shift chart
+    assert "delta = 1" in text
+    assert "iteration</text>" in text and "SSE</text>" in text  # axis labels
+
+
+def test_report_failures_escaped_and_counted(report):
+    path, _, results, _ = report
+    text = path.read_text(encoding="utf-8")
+    assert "<script" not in text.lower()  # not a single raw script tag anywhere
+    assert html.escape(FAILURE["error"]) in text
+    assert html.escape(os.path.basename(FAILURE["source"])) in text
+    page = parse(text)
+    words = plain(page)
+    assert FAILURE["error"] in words  # the reader sees the message as written
+    assert "Failed images (1)" in words
+    assert f"{len(results)} images done 1 failed" in words
+    assert 'class="card failures has"' in text
+    # header: run, engine, parameters, total time from started/finished
+    assert RUN["run_id"] in words and "kmeans_quantize" in words
+    assert "1 min 05 s" in words
+    assert "k = 6" in words and "delta = 1" in words
+
+
+def test_report_without_failures_says_none(cli_run, tmp_path):
+    _, results, _ = cli_run
+    path = tmp_path / "r.html"
+    timed = [dict(r, seconds=2.5) for r in results]
+    write_report(str(path), timed, [], {})  # an empty run description: render what is there
+    page = parse(path.read_text(encoding="utf-8"))
+    words = plain(page)
+    assert "None: every image was processed." in words
+    assert "2 images done 0 failed" in words
+    assert "5.00 s total time (sum of per-image times)" in words
+    assert "2.50 s" in words
+    assert "local" in words  # engine taken from the results
+    assert os.listdir(tmp_path) == ["r.html"]
+
+
+def test_seed_points_input_renders(tmp_path):
+    """A seed points file (no pixel grid): no output image; with K >= its colours PSNR is None."""
+    from kmeans_ops.formats import write_seed_points
+
+    bgr = photo_bgr("chelsea")[::16, ::16]
+    levels = (bgr // 128 * 128 + 64).astype(np.uint8)  # at most 8 distinct colours
+    distinct = len(np.unique(levels.reshape(-1, 3), axis=0))
+    points = tmp_path / "points <1>.txt"
+    write_seed_points(str(points), levels.reshape(-1, 3))
+    status, err = run_cli("quantize", points, "-k", 16, "--out", tmp_path / "out", "-q")
+    assert status == 0, err
+    (result,) = [json.load(open(p, encoding="utf-8")) for p in glob.glob(str(tmp_path / "out" / "*.json"))]
+    assert result["output"] is None and result["psnr"] is None and result["k"] == distinct
+    path = tmp_path / "out" / "report.html"
+    write_report(str(path), [result], [], {"engine": "local"})
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert len(page.sections) == 1 and page.sections[0]["imgs"] == []
+    words = plain(page)
+    assert "∞" in words and "lossless" in words
+    assert "no output image" in words
+    assert "points &lt;1&gt;.txt" in text
+    assert page.sections[0]["svgs"] == 2
+    assert sorted(page.sections[0]["hexes"]) == sorted(hex_of(c) for c in result["palette_rgb"])
+
+
+def test_synthetic_history_with_reseeding_and_nothing_else(tmp_path):
+    """Missing keys are tolerated; re-seeded iterations are marked; a one-iteration history plots."""
+    results = [
+        {"image_id": "a", "source": str(tmp_path / "missing.png"), "output": None, "k": 3,
+         "palette_rgb": [[255, 0, 0], [0, 255, 0], [0, 0, 255]], "cluster_pixels": [1, 2, 1], "psnr": None,
+         "history": [{"iteration": 1, "sse": 10.0, "max_shift": 4.0, "reseeded": [], "converged": False},
+                     {"iteration": 2, "sse": 8.0, "max_shift": 2.0, "reseeded": [2], "converged": False},
+                     {"iteration": 3, "sse": 7.5, "max_shift": 0.1, "reseeded": [], "converged": True}]},
+        {"image_id": "b", "history": [{"iteration": 1, "sse": 0.0, "max_shift": 0.0, "reseeded": [], "converged": True}]},
+    ]
+    path = tmp_path / "r.html"
+    write_report(str(path), results, [{"source": None, "error": None}], {})
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert len(page.sections) == 2
+    assert [h for h in page.sections[0]["hexes"]] == ["#00ff00", "#ff0000", "#0000ff"]
+    assert "50.0 %" in page.sections[0]["shares"]
+    assert text.count('class="reseed"') == 2  # one marker on each chart, at iteration 2
+    assert "iteration 2: 8 — clusters re-seeded" in text
+    assert "source image could not be read" in plain(page)
+
+
+def test_thumbnail_16_bit_with_alpha(tmp_path):
+    rgba16 = np.zeros((400, 1000, 4), np.uint16)
+    rgba16[..., 0] = 65535  # blue
+    rgba16[..., 1] = 257 * 100
+    rgba16[:, :500, 3] = 65535
+    rgba16[:, 500:, 3] = 0
+    path = tmp_path / "deep.png"
+    assert cv2.imwrite(str(path), rgba16)
+    uri = thumbnail_data_uri(str(path), max_side=100)
+    assert uri.startswith("data:image/png;base64,")
+    thumb = decode_uri(uri)
+    assert thumb.dtype == np.uint8 and thumb.shape == (40, 100, 4)
+    assert tuple(thumb[20, 10]) == (255, 100, 0, 255)
+    assert thumb[20, 90, 3] == 0
+
+
+def test_thumbnail_grey_and_colour_are_jpeg(tmp_path):
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((50, 80), 200, np.uint8))
+    thumb = decode_uri(thumbnail_data_uri(str(grey)))
+    assert thumb.shape[:2] == (50, 80)  # small images are not enlarged
+    assert abs(int(thumb.mean()) - 200) <= 2
+    colour = tmp_path / "c.jpg"
+    cv2.imwrite(str(colour), photo_bgr("china"))
+    uri = thumbnail_data_uri(str(colour), max_side=64)
+    assert uri.startswith("data:image/jpeg;base64,")
+    assert decode_uri(uri).shape[:2] == (43, 64)
+
+
+def test_thumbnail_unreadable_is_none(tmp_path):
+    assert thumbnail_data_uri(str(tmp_path / "nope.png")) is None
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    assert thumbnail_data_uri(str(junk)) is None
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert thumbnail_data_uri(str(empty)) is None
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = ("import sys; import kmeans_ops.report; "
+            "print(any(m in sys.modules for m in ('cv2', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "False"
