@@ -7,13 +7,14 @@ import os
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
 from kmeans_plugin.macros import default_work_root
-from kmeans_plugin.operators import KMeansIterationOperator
+from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator
 
 #: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
 ITERATION_BOUND = max(30, int(os.environ.get("KMEANS_ITERATION_BOUND", "30")))
 DEFAULT_OUTPUT = os.environ.get("KMEANS_OUTPUT_ROOT") or os.path.join(
     os.environ.get("KMEANS_HOME", os.environ.get("AIRFLOW_HOME", os.path.expanduser("~"))), "kmeans-output"
 )
+STEPS = ("batches", "mapreduce", "converge", "exit")  # the tasks of one iteration group
 RESULTS = Asset(name="kmeans_results", uri=f"file://{os.path.abspath(DEFAULT_OUTPUT)}")
 
 DOC = f"""
@@ -170,19 +171,6 @@ def kmeans_image_clustering():
         moving = [image_id for job in figures for image_id, f in job.items() if not f["converged"]]
         return batches(moving, run["batch_size"])
 
-    def converge_step(i: int):
-        @task.branch(task_id="converge")
-        def converge(run: dict, figures: list[dict]) -> str:
-            """Next iteration, or exit: every image converged, or max_iterations reached."""
-            moving = sum(not f["converged"] for job in figures for f in job.values())
-            done = sum(len(job) for job in figures) - moving
-            print(f"iteration {i}: {done} image(s) converged, {moving} still moving")
-            if moving and i < min(run["params"]["max_iter"], ITERATION_BOUND):
-                return f"iteration_{i + 1:02d}.batches"
-            return f"iteration_{i:02d}.exit"
-
-        return converge
-
     run = prepare()
     ingested = ingest.partial(run=run).expand(image=images_of(run))
     uploaded = upload(run, ingested)
@@ -199,7 +187,12 @@ def kmeans_image_clustering():
                 previous_converge >> jobs
             mapreduce = KMeansIterationOperator.partial(task_id="mapreduce", plan=uploaded, iteration=i).expand(batch=jobs)
             figures = mapreduce.output
-            decision = converge_step(i)(uploaded, figures)
+            later = [f"iteration_{j:02d}.{name}" for j in range(i + 1, ITERATION_BOUND + 1) for name in STEPS]
+            decision = ConvergenceOperator(
+                task_id="converge", plan=uploaded, figures=figures, iteration=i, bound=ITERATION_BOUND,
+                skip_on_continue=[f"iteration_{i:02d}.exit"], skip_on_exit=later,
+            )
+            mapreduce >> decision
             exit_ = EmptyOperator(task_id="exit")
             decision >> exit_
             exits.append(exit_)

@@ -44,3 +44,48 @@ class KMeansIterationOperator(BaseOperator):
             self.log.info("%s: sse %.6g, largest shift %.4f, re-seeded %s, %s", image_id, f["sse"], f["max_shift"],
                           f["reseeded"] or "none", "converged" if f["converged"] else "moving")
         return figures
+
+
+class ConvergenceOperator(BaseOperator):
+    """The convergence check after iteration ``i``: go on to iteration i+1, or exit.
+
+    Goes on while some image is still moving and ``i`` is below ``max_iterations``. It branches by
+    skipping: going on skips this iteration's ``exit``; exiting skips every later iteration's
+    tasks at once (``skip_on_exit``). A plain branch would skip only its direct downstream and leave
+    the skip to cascade one iteration at a time through the unrolled chain.
+
+    :param plan: the run's plan (for ``max_iterations``).
+    :param figures: the iteration's MapReduce results, one ``{image id: figures}`` per job.
+    """
+
+    template_fields = ("plan", "figures")
+    ui_color = "#ffefc6"
+
+    def __init__(self, *, plan: dict, figures, iteration: int, bound: int, skip_on_continue: list[str],
+                 skip_on_exit: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.figures = figures
+        self.iteration = iteration
+        self.bound = bound
+        self.skip_on_continue = skip_on_continue
+        self.skip_on_exit = skip_on_exit
+
+    def execute(self, context):
+        from airflow.providers.common.compat.sdk import DownstreamTasksSkipped
+
+        jobs = list(self.figures or [])
+        moving = sum(not f["converged"] for job in jobs for f in job.values())
+        total = sum(len(job) for job in jobs)
+        limit = min(int(self.plan["params"]["max_iter"]), self.bound)
+        going_on = moving > 0 and self.iteration < limit
+        if going_on:
+            self.log.info("iteration %d: %d of %d image(s) still moving: next iteration", self.iteration, moving, total)
+        elif moving:
+            self.log.info("iteration %d: max_iterations (%d) reached with %d image(s) still moving: exit",
+                          self.iteration, limit, moving)
+        else:
+            self.log.info("iteration %d: all %d image(s) converged: exit", self.iteration, total)
+        skip = self.skip_on_continue if going_on else self.skip_on_exit
+        if skip:
+            raise DownstreamTasksSkipped(tasks=list(skip))

@@ -1,0 +1,193 @@
+"""The kmeans_image_clustering DAG with a real Airflow (dag.test, SQLite) and the embedded engine."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_dag, photo_bgr, run_cli, run_dag
+
+DAG_ID = "kmeans_image_clustering"
+
+
+# ------------------------------------------------------------------ import and structure
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "dags", "*.py"))))
+def test_dag_file_imports_without_heavy_modules(path, airflow_db):
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('d', {path!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "heavy = [m for m in ('cv2', 'numpy', 'sklearn', 'skimage', 'kmeans_ops.mapreduce') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.path.join(ROOT, 'plugins')}"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_task_graph():
+    dag = load_dag(DAG_ID)
+
+    ids = set(dag.task_ids)
+    assert {"prepare", "ingest", "upload", "converged", "finals", "reconstruct", "publish", "cleanup"} <= ids
+    bound = max(int(t.split(".")[0].split("_")[1]) for t in ids if t.startswith("iteration_"))
+    assert bound >= 30
+    for i in range(1, bound + 1):
+        group = f"iteration_{i:02d}"
+        assert {f"{group}.batches", f"{group}.mapreduce", f"{group}.converge", f"{group}.exit"} <= ids
+        assert dag.get_task(f"{group}.converge").upstream_task_ids >= {f"{group}.mapreduce"}
+        assert f"{group}.exit" in dag.get_task("converged").upstream_task_ids
+    assert dag.get_task("converged").trigger_rule == "none_failed_min_one_success"
+    # mapped: one ingest/reconstruct per image, one MapReduce job per batch
+    for task_id in ("ingest", "reconstruct", "iteration_01.mapreduce"):
+        assert type(dag.get_task(task_id)).__name__ in ("MappedOperator", "DecoratedMappedOperator")
+    assert dag.get_task("iteration_02.batches").upstream_task_ids >= {"iteration_01.converge"}
+    assert "publish" in dag.get_task("cleanup").upstream_task_ids
+    assert dag.schedule is None and dag.catchup is False and dag.doc_md and dag.tags
+
+
+def test_params_render_a_form_with_limits():
+    dag = load_dag(DAG_ID)
+    schema = {name: param.schema for name, param in dag.params.items()}
+    assert schema["k"]["minimum"] == 1 and schema["delta"]["maximum"] == 32
+    assert schema["engine"]["enum"] == ["local", "hadoop"]
+    assert schema["input"]["minItems"] == 1
+    assert all("title" in s for s in schema.values())
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dag-input")
+    cv2.imwrite(str(folder / "coffee.png"), photo_bgr("coffee")[::2, ::2])
+    cv2.imwrite(str(folder / "china.jpg"), photo_bgr("china")[::2, ::2])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def states(dag_run):
+    return {(ti.task_id, ti.map_index): ti.state for ti in dag_run.get_task_instances()}
+
+
+def published(dag_run, output):
+    from kmeans_ops.run import run_key
+
+    return os.path.join(output, run_key(dag_run.run_id))
+
+
+def test_run_equals_cli_and_reports_the_bad_image(airflow_db, inputs, tmp_path):
+    conf = {"input": [str(inputs)], "k": 6, "seed": 3, "delta": 0.5, "output": str(tmp_path / "out")}
+    dag_run = run_dag(DAG_ID, conf)
+    assert dag_run.state == "success"
+    folder = published(dag_run, conf["output"])
+    assert os.path.realpath(os.path.join(conf["output"], "latest")) == os.path.realpath(folder)
+    assert sorted(os.listdir(folder)) == ["china.json", "china.png", "coffee.json", "coffee.png", "report.html", "summary.json"]
+    assert not [n for n in os.listdir(conf["output"]) if n.startswith(".staging")]
+
+    status, err = run_cli("quantize", inputs, "-k", 6, "--seed", 3, "--delta", 0.5, "--out", tmp_path / "cli", "-q")
+    assert status == 1 and "broken.jpg" in err
+    for stem in ("china", "coffee"):
+        dag_json = json.load(open(os.path.join(folder, f"{stem}.json")))
+        cli_json = json.load(open(tmp_path / "cli" / f"{stem}.json"))
+        for key in ("k", "iterations", "converged", "centroids_rgb", "mse", "psnr", "cluster_pixels"):
+            assert dag_json[key] == cli_json[key], key
+        assert [h["sse"] for h in dag_json["history"]] == [h["sse"] for h in cli_json["history"]]
+        a = cv2.imread(os.path.join(folder, f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "cli" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(a, b)
+
+    summary = json.load(open(os.path.join(folder, "summary.json")))
+    assert [f["source"] for f in summary["failures"]] == [str(inputs / "broken.jpg")]
+    report = open(os.path.join(folder, "report.html"), encoding="utf-8").read()
+    assert "broken.jpg" in report and "china" in report
+    # the work area is cleaned up once published
+    from kmeans_ops.run import run_key
+
+    assert not os.path.exists(os.path.join(os.environ["KMEANS_WORK_ROOT"], run_key(dag_run.run_id)))
+
+
+@pytest.mark.parametrize("max_iterations", [1, 4, 30])
+def test_early_exit_still_reconstructs_and_publishes(airflow_db, inputs, tmp_path, max_iterations):
+    """Exit at the first, a middle and the last iteration: reconstruct and publish really run."""
+    conf = {"input": [str(inputs / "coffee.png")], "k": 12, "init": "random", "delta": 0, "seed": 1,
+            "max_iterations": max_iterations, "output": str(tmp_path / "out")}
+    dag_run = run_dag(DAG_ID, conf)
+    assert dag_run.state == "success"
+    st = states(dag_run)
+    last = f"iteration_{max_iterations:02d}"
+    assert st[(f"{last}.exit", -1)] == "success"
+    assert st[("reconstruct", 0)] == "success" and st[("publish", -1)] == "success"
+    for i in range(1, max_iterations):
+        assert st[(f"iteration_{i:02d}.exit", -1)] == "skipped"
+    if max_iterations < 30:
+        assert st[(f"iteration_{max_iterations + 1:02d}.batches", -1)] == "skipped"
+    figures = json.load(open(os.path.join(published(dag_run, conf["output"]), "coffee.json")))
+    assert figures["iterations"] == max_iterations and figures["converged"] is False
+    assert len(figures["history"]) == max_iterations
+
+
+def test_exit_on_convergence_in_the_middle(airflow_db, inputs, tmp_path):
+    conf = {"input": [str(inputs)], "k": 3, "delta": 2.0, "output": str(tmp_path / "out"), "batch_size": 1}
+    dag_run = run_dag(DAG_ID, conf)
+    assert dag_run.state == "success"
+    results = [json.load(open(p)) for p in glob.glob(os.path.join(published(dag_run, conf["output"]), "*.json"))
+               if not p.endswith("summary.json")]
+    assert all(r["converged"] for r in results)
+    last = max(r["iterations"] for r in results)
+    assert 1 < last < 30
+    st = states(dag_run)
+    assert st[(f"iteration_{last:02d}.exit", -1)] == "success"
+    # batch_size 1: one MapReduce job per image while both move, then only the one still moving
+    first = min(r["iterations"] for r in results)
+    jobs = [k for k in st if k[0] == "iteration_01.mapreduce"]
+    assert len(jobs) == 2
+    if first < last:
+        assert len([k for k in st if k[0] == f"iteration_{last:02d}.mapreduce"]) == 1
+
+
+def test_all_images_failing_fails_the_run_with_reasons(airflow_db, tmp_path):
+    (tmp_path / "a.jpg").write_text("not an image")
+    (tmp_path / "b.png").write_bytes(b"")
+    dag_run = run_dag(DAG_ID, {"input": [str(tmp_path)], "output": str(tmp_path / "out")})
+    assert dag_run.state == "failed"
+    st = states(dag_run)
+    assert st[("upload", -1)] == "failed" and st[("publish", -1)] != "success"
+
+
+def test_rerun_of_the_same_run_gives_the_same_result(airflow_db, inputs, tmp_path):
+    """Clearing and re-running every task of a run (same run id) publishes the same outputs."""
+    dag = load_dag(DAG_ID)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    conf = {"input": [str(inputs / "coffee.png")], "k": 5, "output": str(tmp_path / "out")}
+    first = dag.test(logical_date=when, run_after=when, run_conf=conf)
+    folder = published(first, conf["output"])
+    first_cleanup = {ti.task_id: ti for ti in first.get_task_instances()}["cleanup"].end_date
+    before = {n: open(os.path.join(folder, n), "rb").read() for n in ("coffee.png", "coffee.json")}
+    second = dag.test(logical_date=when, run_after=when, run_conf=conf)
+    assert second.run_id == first.run_id and second.state == "success"
+    started = {ti.task_id: ti.start_date for ti in second.get_task_instances()}
+    assert min(started["prepare"], started["ingest"], started["publish"]) > first_cleanup  # all ran again
+    after = {n: open(os.path.join(folder, n), "rb").read() for n in ("coffee.png", "coffee.json")}
+    assert after["coffee.png"] == before["coffee.png"]
+    strip = lambda d: {k: v for k, v in json.loads(d).items() if k != "seconds"}  # noqa: E731
+    assert strip(after["coffee.json"]) == strip(before["coffee.json"])
+    assert len([n for n in os.listdir(conf["output"]) if not n.startswith(".")]) == 2  # the run folder + latest
+
+
+@pytest.mark.parametrize("conf,word", [({"k": 0}, "k"), ({"delta": 100}, "delta"), ({"engine": "spark"}, "engine"),
+                                       ({"input": []}, "input")])
+def test_invalid_params_are_refused(airflow_db, inputs, tmp_path, conf, word):
+    """The params' JSON schema (the trigger form's) refuses them before any task runs."""
+    full = {"input": [str(inputs)], "output": str(tmp_path / "out"), **conf}
+    env = {**os.environ}
+    done = subprocess.run([os.path.join(ROOT, "bin", "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(full)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "Invalid input for param" in done.stdout + done.stderr and word in done.stdout + done.stderr
+    assert not os.path.exists(tmp_path / "out")
