@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
@@ -151,11 +152,12 @@ def kmeans_image_clustering():
         if not good:
             reasons = "; ".join(f["error"] for f in failures)
             raise AirflowFailException(f"all {len(ingested)} image(s) failed: {reasons}")
-        if run["engine"] == "hadoop":
-            from kmeans_ops.engines.hadoop import upload_work_area
+        from kmeans_ops.engines import get_engine
+        from kmeans_ops.workarea import WorkArea
 
-            run = {**run, "work": upload_work_area(run["work"], run["key"])}
-        return {**run, "images": {r["image_id"]: r["stem"] for r in good}, "failures": failures}
+        area = get_engine(run["engine"]).stage(WorkArea(run["work"]), run["key"])
+        return {**run, "work": area.root, "local_work": run["work"],
+                "images": {r["image_id"]: r["stem"] for r in good}, "failures": failures}
 
     @task
     def first_batches(run: dict) -> list[list[str]]:
@@ -185,7 +187,8 @@ def kmeans_image_clustering():
                 previous_converge, previous_figures = previous
                 jobs = next_batches.override(task_id="batches")(uploaded, previous_figures)
                 previous_converge >> jobs
-            mapreduce = KMeansIterationOperator.partial(task_id="mapreduce", plan=uploaded, iteration=i).expand(batch=jobs)
+            mapreduce = KMeansIterationOperator.partial(
+                task_id="mapreduce", plan=uploaded, iteration=i, retries=2, retry_delay=timedelta(seconds=10)).expand(batch=jobs)
             figures = mapreduce.output
             later = [f"iteration_{j:02d}.{name}" for j in range(i + 1, ITERATION_BOUND + 1) for name in STEPS]
             decision = ConvergenceOperator(
@@ -224,6 +227,7 @@ def kmeans_image_clustering():
 
         from airflow.sdk import get_current_context
 
+        from kmeans_ops.engines import get_engine
         from kmeans_ops.errors import InputError
         from kmeans_ops.publish import staging_dir
         from kmeans_ops.reconstruct import finish
@@ -232,12 +236,8 @@ def kmeans_image_clustering():
         get_current_context()["image_name"] = image["stem"]
         started = time.perf_counter()
         staging = staging_dir(run["output"], run["key"])
-        area = WorkArea(run["work"])
-        if run["engine"] == "hadoop":
-            from kmeans_ops.engines.hadoop import download_image
-
-            area = download_image(area, image["image_id"])
         try:
+            area = get_engine(run["engine"]).fetch(WorkArea(run["work"]), image["image_id"], run["local_work"])
             result = finish(area, image["image_id"], image,
                             os.path.join(staging, image["stem"] + ".png"), os.path.join(staging, image["stem"] + ".json"),
                             extra={"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]})
@@ -287,11 +287,11 @@ def kmeans_image_clustering():
         """Remove the run's work area once its results are published (the seed never cleaned up)."""
         import shutil
 
-        if run["engine"] == "hadoop":
-            from kmeans_ops.engines.hadoop import remove_work_area
+        from kmeans_ops.engines import get_engine
+        from kmeans_ops.workarea import WorkArea
 
-            remove_work_area(run["work"])
-        shutil.rmtree(os.path.join(default_work_root(), run["key"]), ignore_errors=True)
+        get_engine(run["engine"]).discard(WorkArea(run["work"]))
+        shutil.rmtree(run["local_work"], ignore_errors=True)
 
     last = finals(uploaded)
     converged >> last

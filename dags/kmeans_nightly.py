@@ -31,7 +31,7 @@ hidden files and folders skipped) whose content was never processed, and trigger
 `{TARGET_DAG_ID}` for them: **one run per folder**, its new files listed in the run's `input`
 (files of that folder processed before are not redone; a folder of more than {MAX_FILES_PER_RUN}
 new files gives several runs; at most {MAX_RUNS_PER_NIGHT} runs a night, the rest the next night).
-The triggered runs are not waited for.
+The triggered runs are not waited for (they queue until `{TARGET_DAG_ID}` is unpaused).
 
 A **ledger** (JSON) keyed by the SHA-256 of each file's content remembers what was triggered: a
 renamed or copied file is not redone, a changed file (same name, new content) is. Files are
@@ -205,29 +205,22 @@ def kmeans_nightly():
             raise AirflowFailException("scan did not finish: nothing triggered, nothing recorded")
         if not plans:
             log.info("nothing triggered, ledger unchanged")
-            return {"recorded": 0, "missing": []}
+            return {"recorded": 0}
         ti = context["ti"]
-        done, missing = [], []
-        for plan in plans:
-            exists = ti.get_dr_count(dag_id=TARGET_DAG_ID, run_ids=[plan["trigger_run_id"]]) > 0
-            (done if exists else missing).append(plan)
         try:
             ledger = L.Ledger.load(_ledger_path())
         except L.LedgerError as err:
             raise AirflowFailException(str(err)) from None
-        recorded = 0
-        for plan in done:
-            for f in plan["files"]:
-                recorded += ledger.record(f["digest"], f["path"], f["size"], plan["trigger_run_id"])
-        if recorded:
-            ledger.save()
-        log.info("recorded %d file(s) of %d run(s) in %s", recorded, len(done), ledger.path)
+        recorded, missing = L.record_runs(
+            ledger, plans, lambda run_id: ti.get_dr_count(dag_id=TARGET_DAG_ID, run_ids=[run_id]) > 0
+        )
+        log.info("recorded %d new file(s) of %d run(s) in %s", recorded, len(plans) - len(missing), ledger.path)
         if missing:
             raise AirflowFailException(
                 f"{len(missing)} trigger(s) failed, their files were not recorded and are tried again next "
                 f"night: {', '.join(p['trigger_run_id'] for p in missing)}"
             )
-        return {"recorded": recorded, "missing": []}
+        return {"recorded": recorded}
 
     plans = scan()
     triggered = TriggerDagRunOperator.partial(
@@ -237,7 +230,6 @@ def kmeans_nightly():
         skip_when_already_exists=True,  # a retry whose run was already created: skip, don't fail
         logical_date=None,  # no logical date: runs triggered in the same instant cannot collide
         map_index_template="{{ task.trigger_run_id }}",
-        retries=2,
     ).expand_kwargs(plans.map(_trigger_kwargs))
     triggered >> record(plans)
 

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 
 from . import params as P
 
@@ -102,9 +103,14 @@ def quantize(args) -> int:
         print(f"error: no images found in {', '.join(args.inputs)}", file=sys.stderr)
         return 2
 
-    engine = get_engine(args.engine)
+    try:
+        engine = get_engine(args.engine)
+    except Exception as err:  # noqa: BLE001 - a missing Hadoop client or connection: say what
+        print(f"error: engine {args.engine}: {err}", file=sys.stderr)
+        return 2
     work = args.work or tempfile.mkdtemp(prefix="kmeans-work-")
-    area = WorkArea(os.path.abspath(work))
+    local = WorkArea(os.path.abspath(work))
+    area = local
     failures: dict[str, str] = {}
     started = time.perf_counter()
     held = 0  # bytes of decoded images kept in memory for reconstruction (up to KEEP_BYTES)
@@ -114,7 +120,7 @@ def quantize(args) -> int:
         for path, stem in zip(paths, output_stems(paths)):
             image_id = image_id_of(stem)
             try:
-                meta, image, table = ingest(path, image_id, area, params, keep=True)
+                meta, image, table = ingest(path, image_id, local, params, keep=True)
                 size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
                 if held + size <= KEEP_BYTES:
                     kept[image_id] = (image, table)
@@ -125,6 +131,8 @@ def quantize(args) -> int:
             except (InputError, MemoryError) as err:
                 failures[path] = str(err) if isinstance(err, InputError) else f"{path}: out of memory"
                 print(f"error: {failures[path]}", file=sys.stderr, flush=True)
+        if ready:
+            area = engine.stage(local, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         runs = {}
         progress = None if args.quiet else print_progress(params.max_iter)
         for lo in range(0, len(ready), batch_size):
@@ -135,8 +143,8 @@ def quantize(args) -> int:
             try:
                 out_image = os.path.join(args.out, f"{stem}.png")
                 image, table = kept.pop(image_id, (None, None))
-                result = finish(area, image_id, runs[image_id], out_image, os.path.join(args.out, f"{stem}.json"), extra,
-                                image=image, table=table)
+                result = finish(engine.fetch(area, image_id, local.root), image_id, runs[image_id], out_image,
+                                os.path.join(args.out, f"{stem}.json"), extra, image=image, table=table)
                 del image, table
                 psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f}"
                 state = "converged" if result["converged"] else "stopped at max_iter"
@@ -146,6 +154,8 @@ def quantize(args) -> int:
                 failures[path] = str(err) if isinstance(err, InputError) else f"{path}: {err}"
                 print(f"error: {failures[path]}", file=sys.stderr, flush=True)
     finally:
+        if area is not local:
+            engine.discard(area)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     done = len(paths) - len(failures)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 
@@ -58,6 +57,8 @@ def pixel_codes(bgr: np.ndarray) -> np.ndarray:
     OpenCV pads B, G, R to B, G, R, A=255 in one pass; on a little-endian machine those four bytes
     read as one uint32 ``0xFFRRGGBB``.
     """
+    import cv2  # imported here: MapReduce tasks use this module without OpenCV
+
     bgra = cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2BGRA)
     packed = bgra.view(np.uint32).reshape(-1)
     if np.little_endian:

@@ -183,18 +183,20 @@ def merge_tables(tables: list[ColourTable]) -> ColourTable:
 
 
 # ---------------------------------------------------------------- seed formats
-def _load_numbers(path: str, what: str) -> np.ndarray:
+def _load_numbers(path, what: str, source: str | None = None) -> np.ndarray:
+    """Whitespace-separated numbers from a path or a file object; errors name ``source`` (or path)."""
+    source = source or path
     try:
         values = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except OSError as err:
-        raise InputError(path, f"cannot read {what} ({err})") from None
+        raise InputError(source, f"cannot read {what} ({err})") from None
     except ValueError as err:
-        raise InputError(path, f"not a valid {what}: {err}") from None
+        raise InputError(source, f"not a valid {what}: {err}") from None
     if values.size == 0:
-        raise InputError(path, f"{what} is empty")
+        raise InputError(source, f"{what} is empty")
     if not np.isfinite(values).all():
         row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
-        raise InputError(path, f"row {row + 1}: non-finite value in {what}")
+        raise InputError(source, f"row {row + 1}: non-finite value in {what}")
     return values
 
 
@@ -230,14 +232,22 @@ def write_clusters(path: str, centroids: np.ndarray) -> None:
 
 def read_clusters(path: str) -> np.ndarray:
     """Read a seed-format clusters file (``label c1 c2 c3``, labels 1..K in any order) -> (K, 3) B, G, R."""
-    values = _load_numbers(path, "clusters file")
+    with open(path, "rb") as handle:
+        return parse_clusters(handle.read(), path)
+
+
+def parse_clusters(data: bytes, source: str) -> np.ndarray:
+    """The content of a clusters file -> (K, 3) centroids; errors name ``source``."""
+    import io
+
+    values = _load_numbers(io.BytesIO(data), "clusters file", source)
     if values.shape[1] != 4:
-        raise InputError(path, f"clusters file must have 4 columns (label B G R), found {values.shape[1]}")
+        raise InputError(source, f"clusters file must have 4 columns (label B G R), found {values.shape[1]}")
     labels = values[:, 0]
     k = len(values)
     if not np.array_equal(np.sort(labels), np.arange(1, k + 1)):
-        raise InputError(path, f"cluster labels must be 1..{k}, each once; got {sorted(labels.tolist())[:10]}")
+        raise InputError(source, f"cluster labels must be 1..{k}, each once; got {sorted(labels.tolist())[:10]}")
     centroids = values[np.argsort(labels), 1:]
     if (centroids < 0).any() or (centroids > 255).any():
-        raise InputError(path, "centroid values must lie in 0..255")
+        raise InputError(source, "centroid values must lie in 0..255")
     return centroids

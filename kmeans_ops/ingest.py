@@ -153,6 +153,19 @@ def ingest(path: str, image_id: str, area, params, keep: bool = False):
     from .initialise import initial_centroids
     from .storage import write_json
 
+    if path.startswith("hdfs://"):
+        import tempfile
+
+        from .hdfs import local_copy
+
+        with tempfile.TemporaryDirectory(prefix="kmeans-ingest-") as tmp:
+            result = ingest(local_copy(path, tmp), image_id, area, params, keep)
+            meta = result[0] if keep else result
+            meta.update(source=path, source_bytes=None, source_mtime_ns=None)
+            from .storage import write_json
+
+            write_json(area.meta(image_id), meta)
+            return result
     st = os.stat(path)
     image = None
     meta = {
@@ -174,6 +187,7 @@ def ingest(path: str, image_id: str, area, params, keep: bool = False):
     meta.update(
         pixels=table.n_pixels,
         distinct_colours=len(table),
+        mean_bgr=table.mean().tolist(),  # the frame map computes distances in (mapreduce.assign)
         k_requested=params.k,
         k=len(centroids),
     )

@@ -85,7 +85,14 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     figures = quality(table, labels, palette)
     written = None
     if meta["kind"] == "image" and out_image:
-        if image is None:
+        if image is None and meta["source"].startswith("hdfs://"):
+            import tempfile
+
+            from .hdfs import local_copy
+
+            with tempfile.TemporaryDirectory(prefix="kmeans-source-") as tmp:
+                image = read_image(local_copy(meta["source"], tmp))
+        elif image is None:
             st = os.stat(meta["source"])
             if (st.st_size, st.st_mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
                 raise InputError(meta["source"], "the file changed during the run; run it again")

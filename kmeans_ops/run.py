@@ -42,14 +42,21 @@ def image_id_of(stem: str) -> str:
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Local files, folders and glob patterns -> the image paths they name (see ingest.find_images).
+    """Files, folders and glob patterns -> the image paths they name (see ingest.find_images).
 
-    A pattern that matches nothing, or a path that does not exist, raises InputError.
+    Local paths, or ``hdfs://`` URIs (listed through WebHDFS; their images are downloaded when
+    ingested). A pattern that matches nothing, or a path that does not exist, raises InputError.
     """
-    from .ingest import find_images
+    from .ingest import IMAGE_EXTENSIONS, find_images
 
     expanded: list[str] = []
+    remote: list[str] = []
     for item in inputs:
+        if item.startswith("hdfs://"):
+            from .hdfs import list_images
+
+            remote += list_images(item, IMAGE_EXTENSIONS)
+            continue
         item = os.path.expanduser(item)
         if any(ch in item for ch in "*?[") and not os.path.exists(item):
             matches = sorted(glob.glob(item))
@@ -58,7 +65,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             expanded += matches
         else:
             expanded.append(item)
-    return find_images(expanded)
+    return (find_images(expanded) if expanded else []) + remote
 
 
 def plan_images(paths: list[str]) -> list[dict]:

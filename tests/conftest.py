@@ -24,7 +24,7 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(ROOT, "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["KMEANS_WORK_ROOT"] = os.path.join(os.environ["AIRFLOW_HOME"], "kmeans-work")
-os.environ.setdefault("KMEANS_HOME", os.environ["AIRFLOW_HOME"])
+os.environ["KMEANS_OUTPUT_ROOT"] = os.path.join(os.environ["AIRFLOW_HOME"], "kmeans-output")
 
 # name -> loader returning an RGB uint8 array
 PHOTOS = {

@@ -1,9 +1,15 @@
 """Engines run one K-means iteration (one MapReduce job) for a batch of images.
 
-The interface is one method, ``iterate(area, image_ids, iteration, delta) -> {image id: figures}``:
-read each image's points file and ``clusters-(iteration-1)``, write ``clusters-iteration`` and
-``stats-iteration`` (workarea.py), and return the figures. Every engine runs the map, combine and
-reduce functions of kmeans_ops.mapreduce.
+The interface is small:
+
+- ``iterate(area, image_ids, iteration, delta) -> {image id: figures}``: one job; reads each image's
+  points file and ``clusters-(iteration-1)``, writes ``clusters-iteration`` and
+  ``stats-iteration`` (workarea.py), returns the figures;
+- ``stage(local_area, key) -> area``: put a work area written by ingest where the engine reads it;
+- ``fetch(area, image_id, local_root) -> local area``: bring one image's files back for reconstruction;
+- ``discard(area)``: remove a run's work area.
+
+Every engine runs the map, combine and reduce functions of kmeans_ops.mapreduce.
 """
 
 from __future__ import annotations

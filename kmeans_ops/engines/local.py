@@ -39,6 +39,18 @@ class EmbeddedEngine:
             self._cache.popitem(last=False)
         return entry
 
+    # The work area is already where this engine reads it: staging, fetching and discarding are trivial.
+    def stage(self, local: WorkArea, key: str) -> WorkArea:
+        return local
+
+    def fetch(self, area: WorkArea, image_id: str, local_root: str) -> WorkArea:
+        return area
+
+    def discard(self, area: WorkArea) -> None:
+        import shutil
+
+        shutil.rmtree(area.root, ignore_errors=True)
+
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
         figures = {}
         for image_id in image_ids:

@@ -1,0 +1,177 @@
+"""HDFS storage through the Airflow HDFS provider's WebHDFSHook (connection ``webhdfs_default``).
+
+Every write is atomic (a temporary name, then a rename), transient errors (connection refused or
+reset, timeouts, HTTP 5xx, a DataNode that went away) are retried with backoff, and a persistent
+error raises :class:`HdfsError` naming the path and the NameNode.
+
+Outside Airflow (the CLI), the connection comes from ``AIRFLOW_CONN_WEBHDFS_DEFAULT``; when it is
+not set and ``bin/hadoop-dev up`` has run, the dev cluster's WebHDFS (127.0.0.1:9870) is used.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import posixpath
+import time
+import uuid
+
+logging.getLogger("hdfs").setLevel(logging.WARNING)
+
+CONN_ID = "webhdfs_default"
+RETRIES = 4
+
+
+class HdfsError(RuntimeError):
+    """An HDFS operation failed for good; the message names the path and the NameNode."""
+
+
+def _default_connection() -> None:
+    """Point webhdfs_default at the dev cluster when nothing else configures it."""
+    if os.environ.get("AIRFLOW_CONN_WEBHDFS_DEFAULT"):
+        return
+    from .engines.hadoop import dev_dir
+
+    if os.path.exists(os.path.join(dev_dir(), "conf", "core-site.xml")):
+        import json
+
+        os.environ["AIRFLOW_CONN_WEBHDFS_DEFAULT"] = json.dumps(
+            {"conn_type": "webhdfs", "host": "127.0.0.1", "port": 9870, "login": getpass.getuser()}
+        )
+
+
+def _transient(err: BaseException) -> bool:
+    import requests
+    from hdfs.util import HdfsError as ClientError
+
+    if isinstance(err, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(err, ClientError):
+        text = str(err)
+        return any(word in text for word in ("RetriableException", "SafeModeException", "Connection refused",
+                                             "could only be written to 0", "NotReplicatedYet", "503", "500"))
+    return False
+
+
+class Hdfs:
+    """The few HDFS operations the pipeline needs, over one WebHDFS client."""
+
+    def __init__(self, conn_id: str = CONN_ID, retries: int = RETRIES, backoff: float = 1.0):
+        _default_connection()
+        from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
+
+        self.hook = WebHDFSHook(webhdfs_conn_id=conn_id)
+        self.retries = retries
+        self.backoff = backoff
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._call("connect", "/", self.hook.get_conn)
+        return self._client
+
+    @property
+    def namenode(self) -> str:
+        return getattr(self._client, "url", None) or "the NameNode of connection " + self.hook.webhdfs_conn_id
+
+    def _call(self, what: str, path: str, fn, *args, **kwargs):
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - classified below
+                if attempt < self.retries and _transient(err):
+                    logging.getLogger(__name__).warning("HDFS %s %s failed (%s); retrying", what, path, err)
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                raise HdfsError(f"HDFS {what} {path} on {self.namenode} failed: {err}") from err
+
+    # ------------------------------------------------------------ reads
+    def exists(self, path: str) -> bool:
+        return self._call("status", path, self.client.status, path, strict=False) is not None
+
+    def list(self, path: str) -> list[str]:
+        return self._call("list", path, self.client.list, path)
+
+    def read_bytes(self, path: str) -> bytes:
+        def read():
+            with self.client.read(path) as reader:
+                return reader.read()
+
+        return self._call("read", path, read)
+
+    def download(self, path: str, local: str) -> None:
+        self._call("download", path, self.client.download, path, local, overwrite=True, n_threads=1)
+
+    # ------------------------------------------------------------ writes (atomic)
+    def _tmp(self, path: str) -> str:
+        folder, name = posixpath.split(path)
+        return posixpath.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+    def _replace(self, tmp: str, path: str) -> None:
+        """Rename ``tmp`` to ``path``, replacing it (WebHDFS renames do not overwrite)."""
+        if self.exists(path):
+            self.delete(path)
+        self._call("rename", path, self.client.rename, tmp, path)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        tmp = self._tmp(path)
+        self._call("write", path, self.client.write, tmp, data=data, overwrite=True)
+        self._replace(tmp, path)
+
+    def upload_dir(self, local: str, path: str) -> None:
+        """Upload a local folder to ``path`` (replaced as a whole)."""
+        tmp = self._tmp(path)
+        self.makedirs(posixpath.dirname(path) or "/")
+        self._call("upload", path, self.client.upload, tmp, local, overwrite=True, n_threads=1)
+        self._replace(tmp, path)
+
+    def makedirs(self, path: str) -> None:
+        self._call("mkdir", path, self.client.makedirs, path)
+
+    def delete(self, path: str) -> None:
+        self._call("delete", path, self.client.delete, path, recursive=True)
+
+    def home(self) -> str:
+        login = self.hook.get_connection(self.hook.webhdfs_conn_id).login or getpass.getuser()
+        return f"/user/{login}"
+
+
+def is_hdfs(path: str) -> bool:
+    return path.startswith("hdfs://")
+
+
+def hdfs_path(uri: str) -> str:
+    """``hdfs://host:port/a/b`` or ``hdfs:///a/b`` -> ``/a/b`` (the connection names the NameNode)."""
+    from urllib.parse import urlparse
+
+    return urlparse(uri).path or "/"
+
+
+def list_images(uri: str, extensions: tuple[str, ...]) -> list[str]:
+    """An ``hdfs://`` file, folder (not recursive) or glob pattern -> the image URIs it names."""
+    import fnmatch
+
+    hdfs = Hdfs()
+    prefix = uri[: len(uri) - len(hdfs_path(uri))] if hdfs_path(uri) != "/" else uri.rstrip("/")
+    path = hdfs_path(uri)
+    if any(ch in path for ch in "*?["):
+        folder, pattern = posixpath.split(path)
+        names = [n for n in sorted(hdfs.list(folder)) if fnmatch.fnmatch(n, pattern)]
+        return [prefix + posixpath.join(folder, n) for n in names]
+    status = hdfs._call("status", path, hdfs.client.status, path, strict=False)
+    if status is None:
+        from .errors import InputError
+
+        raise InputError(uri, "no such file or folder on HDFS")
+    if status["type"] == "FILE":
+        return [uri]
+    return [prefix + posixpath.join(path, n) for n in sorted(hdfs.list(path)) if n.lower().endswith(extensions)]
+
+
+def local_copy(uri: str, folder: str) -> str:
+    """Download an ``hdfs://`` file into ``folder``; returns the local path."""
+    local = os.path.join(folder, posixpath.basename(hdfs_path(uri)))
+    Hdfs().download(hdfs_path(uri), local)
+    return local
