@@ -1,6 +1,6 @@
 # make demo  : set up everything, then cluster the sample photos with the embedded engine
 # make test  : set up everything, then run the whole test suite
-# make bench : the benchmarks of bench/ (prints ratios against reference runs)
+# make bench : the benchmarks of bench/ (prints ratios against reference runs; starts the dev Hadoop)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -26,6 +26,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_core.py
+	bin/hadoop-dev up
+	$(PY) bench/bench_hadoop.py
 
 clean:
 	rm -rf demo-output .pytest_cache

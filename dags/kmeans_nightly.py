@@ -44,7 +44,7 @@ TriggerDagRunOperator per planned run; skipped when nothing is new) -> `record` 
 
 | Variable | Value | Default |
 |---|---|---|
-| `{VAR_ROOTS}` | JSON list of local folders, e.g. `["/data/landing"]` (`hdfs://` roots: not supported yet) | none: the run logs "no landing roots configured" and triggers nothing |
+| `{VAR_ROOTS}` | JSON list of local folders or `hdfs://` folders (read through WebHDFS), e.g. `["/data/landing", "hdfs://namenode:8020/landing"]` | none: the run logs "no landing roots configured" and triggers nothing |
 | `{VAR_DEFAULTS}` | JSON object merged into each triggered run's conf, e.g. `{{"k": 16, "engine": "local", "output": "/data/out"}}`; allowed keys: {", ".join(f"`{p}`" for p in TARGET_PARAMS)} (others fail the run, named) | the params' own defaults |
 | `{VAR_LEDGER}` | path of the ledger JSON file | `$AIRFLOW_HOME/kmeans-ledger.json` |
 

@@ -122,10 +122,7 @@ def list_root(root: str, exclude: list[str] | tuple[str, ...] = ()) -> list[dict
     missing root is logged and gives nothing; a file that vanishes while being hashed is skipped.
     """
     if is_hdfs(root):
-        raise NotImplementedError(
-            f"landing root {root}: HDFS landing roots (hdfs://...) are not supported yet; "
-            "use local folders for now"
-        )
+        return _list_hdfs_root(root)
     from .ingest import IMAGE_EXTENSIONS
 
     top = os.path.abspath(os.path.expanduser(root))
@@ -160,6 +157,42 @@ def list_root(root: str, exclude: list[str] | tuple[str, ...] = ()) -> list[dict
                 log.warning("cannot read %s: %s (skipped)", path, err.strerror or err)
                 continue
             found.append({"path": path, "folder": folder, "digest": digest, "size": size})
+    return found
+
+
+def _list_hdfs_root(root: str) -> list[dict]:
+    """list_root for an ``hdfs://`` landing root, through WebHDFS (same skipping rules)."""
+    import posixpath
+
+    from .hdfs import Hdfs, HdfsError, hdfs_path
+    from .ingest import IMAGE_EXTENSIONS
+
+    hdfs = Hdfs()
+    top = hdfs_path(root)
+    prefix = root[: root.index(top)] if top != "/" and top in root else root.rstrip("/")
+    if not hdfs.exists(top):
+        log.warning("landing root %s does not exist: skipped", root)
+        return []
+    found = []
+    for folder, dirs, names in hdfs._call("walk", top, lambda: list(hdfs.client.walk(top))):
+        if set(PUBLISHED_MARKERS) <= set(names) or any(part.startswith(".") for part in folder.split("/")):
+            continue
+        for name in sorted(names):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = posixpath.join(folder, name)
+            digest = hashlib.sha256()
+            try:
+                def read():
+                    with hdfs.client.read(path, chunk_size=CHUNK) as reader:
+                        for chunk in reader:
+                            digest.update(chunk)
+                hdfs._call("read", path, read)
+                size = hdfs._call("status", path, hdfs.client.status, path)["length"]
+            except HdfsError as err:
+                log.warning("cannot read %s: %s (skipped)", path, err)
+                continue
+            found.append({"path": prefix + path, "folder": prefix + folder, "digest": digest.hexdigest(), "size": size})
     return found
 
 

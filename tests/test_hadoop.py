@@ -159,3 +159,27 @@ def test_dag_on_yarn_with_data_in_hdfs(hadoop, airflow_db, photos, tmp_path):
     assert urls and "application_" in json.dumps(urls)
     assert not [n for n in client.list(client.home() + "/kmeans-work") if n == run_key(dag_run.run_id)]
     client.delete(remote)
+
+
+def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
+    """The nightly scan lists and hashes images on HDFS like local ones: a copy is not new."""
+    from kmeans_ops import ledger as L
+
+    client = hdfs()
+    root = client.home() + "/test-landing"
+    if client.exists(root):
+        client.delete(root)
+    client.makedirs(root + "/day1")
+    client.write_bytes(root + "/day1/coffee.png", (photos / "coffee.png").read_bytes())
+    client.write_bytes(root + "/day1/copy-of-coffee.png", (photos / "coffee.png").read_bytes())
+    client.write_bytes(root + "/day1/notes.txt", b"not an image")
+    try:
+        found = L.scan([f"hdfs://127.0.0.1:8020{root}"])
+        assert [f["path"] for f in found] == [f"hdfs://127.0.0.1:8020{root}/day1/{n}"
+                                              for n in ("coffee.png", "copy-of-coffee.png")]
+        assert found[0]["digest"] == L.sha256_file(str(photos / "coffee.png"))
+        assert found[0]["size"] == (photos / "coffee.png").stat().st_size
+        ledger = L.Ledger.load(str(tmp_path / "ledger.json"))
+        assert len(L.new_files(found, ledger)) == 1  # the copy is the same content
+    finally:
+        client.delete(root)

@@ -173,12 +173,6 @@ def test_record_runs_only_records_existing_runs(tmp_path):
     assert L.record_runs(saved, plans[:1], lambda run_id: True) == (0, [])  # already known: nothing new
 
 
-def test_scan_hdfs_root_not_supported_yet(tmp_path):
-    assert L.scan([str(tmp_path)]) == []
-    with pytest.raises(NotImplementedError, match="hdfs://nn:8020/landing.*not supported yet"):
-        L.scan([str(tmp_path), "hdfs://nn:8020/landing"])
-
-
 def test_hashing_reads_in_chunks(tmp_path, monkeypatch):
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(3 * 1000 + 7))
