@@ -1,7 +1,7 @@
 """Command line: ``python -m kmeans_ops quantize INPUT... -k K --out DIR``.
 
 Exit status: 0 when every image was done, 1 when some failed (each named on stderr), 2 for a usage
-or parameter error.
+or parameter error, 3 when the engine failed (HDFS or a Hadoop job; nothing is written).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def quantize(args) -> int:
 
                 k = len(read_clusters(args.init))
         params = P.validate(k=k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta)
-        batch_size = P._integer("batch_size", args.batch_size, 1)
+        batch_size = P.integer("batch_size", args.batch_size, 1)
         if params.init not in P.INIT_METHODS and not os.path.isfile(params.init):
             raise P.ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {params.init!r}")
         _check_writable(args.out)
@@ -121,6 +121,8 @@ def quantize(args) -> int:
             image_id = image_id_of(stem)
             try:
                 meta, image, table = ingest(path, image_id, local, params, keep=True)
+                if hasattr(engine, "remember"):
+                    engine.remember(local, image_id, table)
                 size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
                 if held + size <= KEEP_BYTES:
                     kept[image_id] = (image, table)
@@ -131,13 +133,17 @@ def quantize(args) -> int:
             except (InputError, MemoryError) as err:
                 failures[path] = str(err) if isinstance(err, InputError) else f"{path}: out of memory"
                 print(f"error: {failures[path]}", file=sys.stderr, flush=True)
-        if ready:
-            area = engine.stage(local, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         runs = {}
-        progress = None if args.quiet else print_progress(params.max_iter)
-        for lo in range(0, len(ready), batch_size):
-            batch = [image_id for _, _, image_id in ready[lo : lo + batch_size]]
-            runs.update(run_iterations(area, batch, engine, params, progress))
+        try:
+            if ready:
+                area = engine.stage(local, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            progress = None if args.quiet else print_progress(params.max_iter)
+            for lo in range(0, len(ready), batch_size):
+                batch = [image_id for _, _, image_id in ready[lo : lo + batch_size]]
+                runs.update(run_iterations(area, batch, engine, params, progress))
+        except RuntimeError as err:  # HDFS or the Hadoop job failed for good: nothing is written
+            print(f"error: {args.engine} engine: {err}", file=sys.stderr)
+            return 3
         extra = {"params": params.to_json(), "engine": engine.name}
         for path, stem, image_id in ready:
             try:
@@ -155,7 +161,10 @@ def quantize(args) -> int:
                 print(f"error: {failures[path]}", file=sys.stderr, flush=True)
     finally:
         if area is not local:
-            engine.discard(area)
+            try:
+                engine.discard(area)
+            except RuntimeError as err:
+                print(f"warning: could not remove the work area {area.root}: {err}", file=sys.stderr)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     done = len(paths) - len(failures)

@@ -1,7 +1,8 @@
 """HDFS storage through the Airflow HDFS provider's WebHDFSHook (connection ``webhdfs_default``).
 
 Every write is atomic (a temporary name, then a rename), transient errors (connection refused or
-reset, timeouts, HTTP 5xx, a DataNode that went away) are retried with backoff, and a persistent
+reset, timeouts, HTTP 5xx, a DataNode that went away) are retried with backoff (4 times, 1 s
+doubling; ``KMEANS_HDFS_RETRIES`` sets how many), and a persistent
 error raises :class:`HdfsError` naming the path and the NameNode.
 
 Outside Airflow (the CLI), the connection comes from ``AIRFLOW_CONN_WEBHDFS_DEFAULT``; when it is
@@ -57,8 +58,9 @@ def _transient(err: BaseException) -> bool:
 class Hdfs:
     """The few HDFS operations the pipeline needs, over one WebHDFS client."""
 
-    def __init__(self, conn_id: str = CONN_ID, retries: int = RETRIES, backoff: float = 1.0):
+    def __init__(self, conn_id: str = CONN_ID, retries: int | None = None, backoff: float = 1.0):
         _default_connection()
+        retries = int(os.environ.get("KMEANS_HDFS_RETRIES", RETRIES)) if retries is None else retries
         from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
 
         self.hook = WebHDFSHook(webhdfs_conn_id=conn_id)
@@ -74,7 +76,14 @@ class Hdfs:
 
     @property
     def namenode(self) -> str:
-        return getattr(self._client, "url", None) or "the NameNode of connection " + self.hook.webhdfs_conn_id
+        """The NameNode's WebHDFS address, for error messages."""
+        if self._client is not None:
+            return self._client.url
+        try:
+            conn = self.hook.get_connection(self.hook.webhdfs_conn_id)
+            return f"NameNode {conn.host}:{conn.port} (connection {self.hook.webhdfs_conn_id})"
+        except Exception:  # noqa: BLE001 - the connection itself is missing
+            return f"the NameNode of connection {self.hook.webhdfs_conn_id}"
 
     def _call(self, what: str, path: str, fn, *args, **kwargs):
         for attempt in range(self.retries + 1):

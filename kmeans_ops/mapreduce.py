@@ -1,6 +1,6 @@
 """Stage 3, one K-means iteration as map, combine and reduce: the one implementation every engine runs.
 
-- **map** (:func:`map_colours`): weighted colours of one image plus its current centroids ->
+- **map** (:func:`map_block`): weighted colours of one image plus its current centroids ->
   per-cluster partial sums, weights and squared error, and the image's farthest colours (candidates
   to re-seed an empty cluster). In-mapper combining: one :class:`Partials` per image per map task,
   i.e. at most K sum records and K candidates, however many colours the task read.
@@ -74,53 +74,107 @@ class Update:
 
 
 # ---------------------------------------------------------------- map
-def assign(colours: np.ndarray, centroids: np.ndarray, origin=None) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each colour and the squared distance to it.
+@dataclass
+class Block:
+    """An image's weighted colours (or a slice of them) with what every iteration reuses.
+
+    Built once per map task by :func:`block` (and kept between iterations by the embedded engine):
+    the colours centred on ``origin`` (the image's mean colour, see :func:`nearest`), their squared
+    norms, and the weighted colours ``weights * colours``, exact integers in float64.
+    """
+
+    centred: np.ndarray  # (n, 3)
+    sq_norm: np.ndarray  # (n,)
+    weights: np.ndarray  # (n,) pixel counts
+    weighted: np.ndarray  # (n, 3) weights * colours (B, G, R)
+    codes: np.ndarray  # (n,) 0xRRGGBB, to name far candidates
+    origin: np.ndarray  # (3,)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def slice(self, lo: int, hi: int) -> "Block":
+        return Block(self.centred[lo:hi], self.sq_norm[lo:hi], self.weights[lo:hi], self.weighted[lo:hi],
+                     self.codes[lo:hi], self.origin)
+
+
+def block(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, origin) -> Block:
+    """Prepare (n, 3) float B, G, R colours with their pixel counts and codes for mapping."""
+    origin = np.asarray(origin, np.float64)
+    weights = np.asarray(weights, np.float64)
+    centred = colours - origin
+    return Block(centred, np.einsum("ij,ij->i", centred, centred), weights, colours * weights[:, None],
+                 np.asarray(codes), origin)
+
+
+def nearest(centred: np.ndarray, centroids: np.ndarray, origin) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each (centred) colour, and ||c||^2 - 2 x.c for it.
 
     The nearest centroid is found as scikit-learn's lloyd finds it, block by block, in a frame
     centred at ``origin`` (the image's mean colour; sklearn centres the data on its mean), by the
     smallest ||c||^2 - 2 x.c. A colour exactly halfway between two centroids (integer colours and
-    k-means++ centroids make such ties common) therefore goes where scikit-learn sends it. The
-    returned distance is then computed directly, (x - c)^2, as sklearn's inertia is.
+    k-means++ centroids make such ties common) therefore goes where scikit-learn sends it.
     """
-    origin = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
-    labels = np.empty(len(colours), np.intp)
-    dist = np.empty(len(colours))
-    centred = centroids - origin
-    minus_2ct = -2.0 * centred.T
-    c_norm = np.einsum("ij,ij->i", centred, centred)
-    for lo in range(0, len(colours), CHUNK):
-        x = colours[lo : lo + CHUNK] - origin
-        d = x @ minus_2ct
+    c = centroids - np.asarray(origin, np.float64)
+    minus_2ct = -2.0 * c.T
+    c_norm = np.einsum("ij,ij->i", c, c)
+    labels = np.empty(len(centred), np.intp)
+    partial = np.empty(len(centred))
+    for lo in range(0, len(centred), CHUNK):
+        d = centred[lo : lo + CHUNK] @ minus_2ct
         d += c_norm
         lab = d.argmin(axis=1)
         labels[lo : lo + CHUNK] = lab
-        diff = x - centred[lab]
-        dist[lo : lo + CHUNK] = np.einsum("ij,ij->i", diff, diff)
-    return labels, dist
+        partial[lo : lo + CHUNK] = np.take_along_axis(d, lab[:, None], axis=1)[:, 0]
+    return labels, partial
+
+
+def assign(colours: np.ndarray, centroids: np.ndarray, origin=None) -> np.ndarray:
+    """Labels of (n, 3) B, G, R colours: their nearest centroid (see :func:`nearest`)."""
+    origin = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
+    return nearest(colours - origin, centroids, origin)[0]
+
+
+def map_block(data: Block, centroids: np.ndarray) -> Partials:
+    """Map one block of an image's weighted colours against its centroids (in-mapper combining):
+    one Partials with K sums and up to K far candidates."""
+    k = len(centroids)
+    labels, partial = nearest(data.centred, centroids, data.origin)
+    dist = partial
+    dist += data.sq_norm  # ||x - c||^2 by the expansion; exact for the far candidates below
+    np.maximum(dist, 0.0, out=dist)
+    sums = np.empty((k, 3))
+    for channel in range(3):
+        sums[:, channel] = np.bincount(labels, data.weighted[:, channel], minlength=k)
+    part = Partials(
+        sums=sums,
+        weights=np.bincount(labels, data.weights, minlength=k),
+        sse=np.bincount(labels, data.weights * dist, minlength=k),
+    )
+    # Far candidates: the farthest colours by the expansion, then their exact distance (as
+    # scikit-learn measures it when it relocates an empty cluster) to rank them.
+    pool = _top(dist, 2 * k)
+    diff = data.centred[pool] - (centroids[labels[pool]] - data.origin)
+    exact = np.einsum("ij,ij->i", diff, diff)
+    order = _farthest(exact, data.codes[pool], k)
+    far = pool[order]
+    part.far_dist = exact[order]
+    part.far_code = data.codes[far].astype(np.int64)
+    part.far_weight, part.far_label = data.weights[far], labels[far].astype(np.int64)
+    return part
 
 
 def map_colours(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centroids: np.ndarray, origin) -> Partials:
-    """Map one block of an image's weighted colours against its centroids (in-mapper combining).
+    """:func:`map_block` on colours given as arrays (``origin``: the image's mean colour)."""
+    return map_block(block(colours, weights, codes, origin), centroids)
 
-    ``colours`` (n, 3) float64 B, G, R; ``weights`` (n,) pixel counts; ``codes`` (n,) their
-    ``0xRRGGBB`` codes (to name far candidates); ``origin`` the image's mean colour (see
-    :func:`assign`). Returns one Partials with K sums and up to K far candidates.
-    """
-    k = len(centroids)
-    labels, dist = assign(colours, centroids, origin)
-    sums = np.empty((k, 3))
-    for channel in range(3):
-        sums[:, channel] = np.bincount(labels, weights * colours[:, channel], minlength=k)
-    part = Partials(
-        sums=sums,
-        weights=np.bincount(labels, weights, minlength=k),
-        sse=np.bincount(labels, weights * dist, minlength=k),
-    )
-    far = _farthest(dist, codes, k)
-    part.far_dist, part.far_code = dist[far], codes[far].astype(np.int64)
-    part.far_weight, part.far_label = weights[far], labels[far].astype(np.int64)
-    return part
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of (at least) the ``k`` largest values: ties at the boundary all kept."""
+    if len(values) <= k:
+        return np.arange(len(values))
+    threshold = np.partition(values, len(values) - k)[len(values) - k]
+    return np.flatnonzero(values >= threshold)
 
 
 def _farthest(dist: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
@@ -129,11 +183,7 @@ def _farthest(dist: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     Deterministic whatever the order of the rows, so engines that split the data differently pick
     the same candidates.
     """
-    if len(dist) > k:
-        threshold = np.partition(dist, len(dist) - k)[len(dist) - k]
-        pool = np.flatnonzero(dist >= threshold)
-    else:
-        pool = np.arange(len(dist))
+    pool = _top(dist, k)
     order = np.lexsort((codes[pool], -dist[pool]))
     return pool[order[:k]]
 
@@ -206,19 +256,16 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def map_table(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, centroids: np.ndarray, origin, tasks: int = 0) -> Partials:
-    """Map a whole table as ``tasks`` map tasks in threads (NumPy releases the GIL), then combine.
-
-    ``tasks=0`` uses one task per core (a single task for tables under 64 k colours).
-    """
+def map_table(data: Block, centroids: np.ndarray, tasks: int = 0) -> Partials:
+    """Map a whole prepared table as ``tasks`` map tasks in threads (NumPy releases the GIL), then
+    combine. ``tasks=0`` uses one task per core (a single task for tables under 64 k colours)."""
     if tasks <= 0:
-        tasks = 1 if len(colours) < 65536 else (os.cpu_count() or 1)
+        tasks = 1 if len(data) < 65536 else (os.cpu_count() or 1)
     if tasks == 1:
-        return map_colours(colours, weights, codes, centroids, origin)
-    bounds = np.linspace(0, len(colours), tasks + 1).astype(int)
-    slices = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    parts = list(_pool().map(lambda s: map_colours(colours[s], weights[s], codes[s], centroids, origin), slices))
-    return combine(parts)
+        return map_block(data, centroids)
+    bounds = np.linspace(0, len(data), tasks + 1).astype(int)
+    slices = [data.slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    return combine(list(_pool().map(lambda part: map_block(part, centroids), slices)))
 
 
 # ---------------------------------------------------------------- wire format (Hadoop Streaming)

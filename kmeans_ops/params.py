@@ -38,7 +38,7 @@ class Params:
         return asdict(self)
 
 
-def _integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
+def integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str, float)):
         raise ParamError(f"{name} must be an integer, got {value!r}")
     try:
@@ -64,9 +64,9 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
     - ``seed``: integer >= 0.
     - ``init``: "kmeans++", "random", or the path of a clusters file.
     """
-    k = _integer("k", k, 1, 65536)
-    max_iter = _integer("max_iter", max_iter, 1, 1000)
-    seed = _integer("seed", seed, 0, 2**32 - 1)
+    k = integer("k", k, 1, 65536)
+    max_iter = integer("max_iter", max_iter, 1, 1000)
+    seed = integer("seed", seed, 0, 2**32 - 1)
     try:
         delta = float(delta)
     except (TypeError, ValueError):

@@ -25,8 +25,7 @@ def palette_of(centroids: np.ndarray) -> np.ndarray:
 
 
 def label_table(table: ColourTable, centroids: np.ndarray) -> np.ndarray:
-    labels, _ = assign(table.bgr(), centroids, table.mean())
-    return labels
+    return assign(table.bgr(), centroids, table.mean())
 
 
 def quality(table: ColourTable, labels: np.ndarray, palette: np.ndarray) -> dict:

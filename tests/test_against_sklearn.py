@@ -21,10 +21,10 @@ def lloyd(table, centroids, iterations):
     """Our map/combine/reduce for a fixed number of iterations, no early stop.
 
     Returns the centroids and how many clusters were re-seeded in all."""
-    colours, weights = table.bgr(), table.counts.astype(float)
+    data = mapreduce.block(table.bgr(), table.counts, table.codes, table.mean())
     reseeded = 0
     for _ in range(iterations):
-        part = mapreduce.map_table(colours, weights, table.codes, centroids, table.mean())
+        part = mapreduce.map_table(data, centroids)
         update = mapreduce.reduce_image(part, centroids, delta=0.0)
         centroids, reseeded = update.centroids, reseeded + len(update.reseeded)
     return centroids, reseeded

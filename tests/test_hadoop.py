@@ -183,3 +183,12 @@ def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
         assert len(L.new_files(found, ledger)) == 1  # the copy is the same content
     finally:
         client.delete(root)
+
+
+def test_cli_with_hdfs_unreachable_exits_3_and_writes_nothing(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_WEBHDFS_DEFAULT", json.dumps({"conn_type": "webhdfs", "host": "127.0.0.1",
+                                                                   "port": 9, "login": "nobody"}))
+    monkeypatch.setenv("KMEANS_HDFS_RETRIES", "1")
+    status, err = run_cli("quantize", photos / "coffee.png", "--engine", "hadoop", "-k", 3, "--out", tmp_path / "out")
+    assert status == 3 and "HDFS" in err and "127.0.0.1" in err
+    assert os.listdir(tmp_path / "out") == []

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-import numpy as np
-
 from .. import mapreduce
 from ..formats import read_clusters, read_points, write_clusters
 from ..storage import write_json
@@ -25,18 +23,28 @@ class EmbeddedEngine:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
 
+    @staticmethod
+    def _key(path: str) -> tuple:
+        st = os.stat(path)
+        return (path, st.st_mtime_ns, st.st_size)
+
+    def remember(self, area: WorkArea, image_id: str, table) -> None:
+        """Cache the table just written to an image's points file (saves parsing it again)."""
+        self._keep(self._key(area.points(image_id)), table)
+
     def _load(self, path: str):
         """Parsed points of one file, kept between iterations while the file is unchanged."""
-        st = os.stat(path)
-        key = (path, st.st_mtime_ns, st.st_size)
+        key = self._key(path)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        table = read_points(path)
-        entry = (table.bgr(), table.counts.astype(np.float64), table.codes, table.mean())
+        return self._keep(key, read_points(path))
+
+    def _keep(self, key: tuple, table):
+        entry = mapreduce.block(table.bgr(), table.counts, table.codes, table.mean())
         self._cache[key] = entry
-        while sum(e[0].nbytes * 2 for e in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
-            self._cache.popitem(last=False)
+        while sum(len(e) * 72 for e in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
+            self._cache.popitem(last=False)  # 72 bytes per colour: the arrays of a Block
         return entry
 
     # The work area is already where this engine reads it: staging, fetching and discarding are trivial.
@@ -54,9 +62,9 @@ class EmbeddedEngine:
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
         figures = {}
         for image_id in image_ids:
-            colours, weights, codes, origin = self._load(area.points(image_id))
+            data = self._load(area.points(image_id))
             centroids = read_clusters(area.clusters(image_id, iteration - 1))
-            part = mapreduce.map_table(colours, weights, codes, centroids, origin, self.tasks)
+            part = mapreduce.map_table(data, centroids, self.tasks)
             update = mapreduce.reduce_image(part, centroids, delta)
             write_clusters(area.clusters(image_id, iteration), update.centroids)
             figures[image_id] = update.figures(iteration)
