@@ -1,9 +1,10 @@
 """Stage 3, one K-means iteration as map, combine and reduce: the one implementation every engine runs.
 
 - **map** (:func:`map_block`): weighted colours of one image plus its current centroids ->
-  per-cluster partial sums, weights and squared error, and the image's farthest colours (candidates
-  to re-seed an empty cluster). In-mapper combining: one :class:`Partials` per image per map task,
-  i.e. at most K sum records and K candidates, however many colours the task read.
+  per-cluster partial sums, weights and squared error, and, when a cluster got no colour, the
+  task's farthest colours (candidates to re-seed it). In-mapper combining: one :class:`Partials`
+  per image per map task, i.e. at most K sum records and K candidates, however many colours the
+  task read.
 - **combine** (:func:`combine`): adds partials and keeps the K farthest candidates.
 - **reduce** (:func:`reduce_image`): new centroids, each centroid's shift, squared error,
   re-seeding of empty clusters and the convergence test.
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Rows per block in the assignment kernel: a (CHUNK, K) distance block stays in cache.
-CHUNK = 4096
+#: Colours per step of the assignment kernel: a (K, CHUNK) distance block stays in cache.
+CHUNK = 16384
 
 
 @dataclass
@@ -79,14 +80,15 @@ class Block:
     """An image's weighted colours (or a slice of them) with what every iteration reuses.
 
     Built once per map task by :func:`block` (and kept between iterations by the embedded engine):
-    the colours centred on ``origin`` (the image's mean colour, see :func:`nearest`), their squared
-    norms, and the weighted colours ``weights * colours``, exact integers in float64.
+    the colours centred on ``origin`` (the image's mean colour, see :func:`nearest`), stored
+    channel-major, the weighted colours ``weights * colours`` (exact integers in float64) and the
+    weighted squared norms of the centred colours.
     """
 
-    centred: np.ndarray  # (n, 3)
-    sq_norm: np.ndarray  # (n,)
+    centred_t: np.ndarray  # (4, n) colours - origin, one row per channel, then a row of ones
     weights: np.ndarray  # (n,) pixel counts
-    weighted: np.ndarray  # (n, 3) weights * colours (B, G, R)
+    weighted_t: np.ndarray  # (3, n) weights * colours (B, G, R), one row per channel
+    weighted_sq: np.ndarray  # (n,) weights * ||colour - origin||^2
     codes: np.ndarray  # (n,) 0xRRGGBB, to name far candidates
     origin: np.ndarray  # (3,)
 
@@ -94,7 +96,7 @@ class Block:
         return len(self.weights)
 
     def slice(self, lo: int, hi: int) -> "Block":
-        return Block(self.centred[lo:hi], self.sq_norm[lo:hi], self.weights[lo:hi], self.weighted[lo:hi],
+        return Block(self.centred_t[:, lo:hi], self.weights[lo:hi], self.weighted_t[:, lo:hi], self.weighted_sq[lo:hi],
                      self.codes[lo:hi], self.origin)
 
 
@@ -102,65 +104,80 @@ def block(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, origin) -
     """Prepare (n, 3) float B, G, R colours with their pixel counts and codes for mapping."""
     origin = np.asarray(origin, np.float64)
     weights = np.asarray(weights, np.float64)
-    centred = colours - origin
-    return Block(centred, np.einsum("ij,ij->i", centred, centred), weights, colours * weights[:, None],
-                 np.asarray(codes), origin)
+    centred_t = np.ones((4, len(weights)))
+    centred_t[:3] = (colours - origin).T
+    sq_norm = np.einsum("ij,ij->j", centred_t[:3], centred_t[:3])
+    weighted_t = np.empty((3, len(weights)))
+    np.multiply(colours.T, weights, out=weighted_t)
+    return Block(centred_t, weights, weighted_t, weights * sq_norm, np.asarray(codes), origin)
 
 
-def nearest(centred: np.ndarray, centroids: np.ndarray, origin) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each (centred) colour, and ||c||^2 - 2 x.c for it.
+def nearest(centred_t: np.ndarray, centroids: np.ndarray, origin) -> np.ndarray:
+    """Label of each colour (given centred on ``origin``, channel-major, with a 4th row of ones):
+    its nearest centroid.
 
-    The nearest centroid is found as scikit-learn's lloyd finds it, block by block, in a frame
-    centred at ``origin`` (the image's mean colour; sklearn centres the data on its mean), by the
-    smallest ||c||^2 - 2 x.c. A colour exactly halfway between two centroids (integer colours and
-    k-means++ centroids make such ties common) therefore goes where scikit-learn sends it.
+    The nearest centroid is found as scikit-learn's lloyd finds it, in a frame centred at
+    ``origin`` (the image's mean colour; sklearn centres the data on its mean), by the smallest
+    ||c||^2 - 2 x.c, the first one on a tie. A colour exactly halfway between two centroids (integer
+    colours and k-means++ centroids make such ties common) therefore goes where scikit-learn sends
+    it. Blocks of CHUNK colours, cluster-major, so each step runs over contiguous rows.
     """
     c = centroids - np.asarray(origin, np.float64)
-    minus_2ct = -2.0 * c.T
-    c_norm = np.einsum("ij,ij->i", c, c)
-    labels = np.empty(len(centred), np.intp)
-    partial = np.empty(len(centred))
-    for lo in range(0, len(centred), CHUNK):
-        d = centred[lo : lo + CHUNK] @ minus_2ct
-        d += c_norm
-        lab = d.argmin(axis=1)
-        labels[lo : lo + CHUNK] = lab
-        partial[lo : lo + CHUNK] = np.take_along_axis(d, lab[:, None], axis=1)[:, 0]
-    return labels, partial
+    # [-2c | ||c||^2] against [x; 1]: one product gives ||c||^2 - 2 x.c, added in the same order as
+    # scikit-learn's gemm (checked: identical labels, ties included, tests/test_against_sklearn.py)
+    weights = np.hstack([-2.0 * c, np.einsum("ij,ij->i", c, c)[:, None]])
+    n = centred_t.shape[1]
+    labels = np.empty(n, np.intp)
+    closer = np.empty(min(n, CHUNK), bool)
+    for lo in range(0, n, CHUNK):
+        d = weights @ centred_t[:, lo : lo + CHUNK]  # (K, block)
+        if len(c) > 32:
+            labels[lo : lo + CHUNK] = d.argmin(axis=0)
+            continue
+        best = d[0].copy()
+        lab = labels[lo : lo + CHUNK]
+        lab[:] = 0
+        near = closer[: d.shape[1]]
+        for j in range(1, len(c)):  # strict "<": the first minimum wins, as argmin's
+            np.less(d[j], best, out=near)
+            np.minimum(best, d[j], out=best)
+            np.copyto(lab, j, where=near)
+    return labels
 
 
 def assign(colours: np.ndarray, centroids: np.ndarray, origin=None) -> np.ndarray:
     """Labels of (n, 3) B, G, R colours: their nearest centroid (see :func:`nearest`)."""
     origin = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
-    return nearest(colours - origin, centroids, origin)[0]
+    centred_t = np.ones((4, len(colours)))
+    centred_t[:3] = (colours - origin).T
+    return nearest(centred_t, centroids, origin)
 
 
 def map_block(data: Block, centroids: np.ndarray) -> Partials:
     """Map one block of an image's weighted colours against its centroids (in-mapper combining):
-    one Partials with K sums and up to K far candidates."""
+    one Partials with K sums and, if a cluster got no colour here, up to K far candidates."""
     k = len(centroids)
-    labels, partial = nearest(data.centred, centroids, data.origin)
-    dist = partial
-    dist += data.sq_norm  # ||x - c||^2 by the expansion; exact for the far candidates below
-    np.maximum(dist, 0.0, out=dist)
+    labels = nearest(data.centred_t, centroids, data.origin)
     sums = np.empty((k, 3))
     for channel in range(3):
-        sums[:, channel] = np.bincount(labels, data.weighted[:, channel], minlength=k)
-    part = Partials(
-        sums=sums,
-        weights=np.bincount(labels, data.weights, minlength=k),
-        sse=np.bincount(labels, data.weights * dist, minlength=k),
-    )
-    # Far candidates: the farthest colours by the expansion, then their exact distance (as
-    # scikit-learn measures it when it relocates an empty cluster) to rank them.
-    pool = _top(dist, 2 * k)
-    diff = data.centred[pool] - (centroids[labels[pool]] - data.origin)
-    exact = np.einsum("ij,ij->i", diff, diff)
-    order = _farthest(exact, data.codes[pool], k)
-    far = pool[order]
-    part.far_dist = exact[order]
-    part.far_code = data.codes[far].astype(np.int64)
-    part.far_weight, part.far_label = data.weights[far], labels[far].astype(np.int64)
+        sums[:, channel] = np.bincount(labels, data.weighted_t[channel], minlength=k)
+    weights = np.bincount(labels, data.weights, minlength=k)
+    # Squared error per cluster without a per-colour distance: for centred x and c,
+    # sum w |x - c|^2 = sum w |x|^2 - 2 c . sum w x + W |c|^2.
+    c = centroids - data.origin
+    centred_sums = sums - weights[:, None] * data.origin
+    sse = np.bincount(labels, data.weighted_sq, minlength=k) - 2 * np.einsum("ij,ij->i", c, centred_sums)
+    sse += weights * np.einsum("ij,ij->i", c, c)
+    part = Partials(sums=sums, weights=weights, sse=np.maximum(sse, 0.0))
+    if (weights == 0).any():
+        # A cluster empty here may be empty everywhere (a cluster empty in the whole image is empty
+        # in every map task): send the farthest colours, by their exact distance (as scikit-learn
+        # measures it when it relocates an empty cluster), to re-seed it in reduce.
+        diff = data.centred_t[:3] - c[labels].T
+        dist = np.einsum("ij,ij->j", diff, diff)
+        far = _farthest(dist, data.codes, k)
+        part.far_dist, part.far_code = dist[far], data.codes[far].astype(np.int64)
+        part.far_weight, part.far_label = data.weights[far], labels[far].astype(np.int64)
     return part
 
 
@@ -256,11 +273,12 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def map_table(data: Block, centroids: np.ndarray, tasks: int = 0) -> Partials:
-    """Map a whole prepared table as ``tasks`` map tasks in threads (NumPy releases the GIL), then
-    combine. ``tasks=0`` uses one task per core (a single task for tables under 64 k colours)."""
+def map_table(data: Block, centroids: np.ndarray, tasks: int = 1) -> Partials:
+    """Map a whole prepared table as ``tasks`` map tasks in threads, then combine (``tasks=0``: one
+    per core). One task is the default: the kernel is many short NumPy calls and, measured on two
+    cores, threads made it slower (bench/bench_core.py)."""
     if tasks <= 0:
-        tasks = 1 if len(data) < 65536 else (os.cpu_count() or 1)
+        tasks = os.cpu_count() or 1
     if tasks == 1:
         return map_block(data, centroids)
     bounds = np.linspace(0, len(data), tasks + 1).astype(int)

@@ -38,16 +38,40 @@ def quality(table: ColourTable, labels: np.ndarray, palette: np.ndarray) -> dict
     return {"mse": mse, "psnr": psnr, "squared_error": squared_error}
 
 
+def label_image(image: Image, table: ColourTable, labels: np.ndarray) -> np.ndarray:
+    """(H, W) cluster label of every pixel, through a 2^24-entry lookup table of colour codes."""
+    lut = np.zeros(1 << 24, np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    lut[table.codes] = labels
+    return lut[pixel_codes(image.bgr)].reshape(image.shape)
+
+
 def render(image: Image, table: ColourTable, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """The output pixels: palette colours, alpha put back untouched, in the source bit depth."""
-    lut = np.zeros(1 << 24, np.uint8 if len(palette) <= 256 else np.uint16)
-    lut[table.codes] = labels
-    out = palette[lut[pixel_codes(image.bgr)]].reshape(image.bgr.shape)
+    out = palette[label_image(image, table, labels)]
     if image.bit_depth == 16:
         out = out.astype(np.uint16) * np.uint16(257)
     if image.alpha is not None:
         out = np.dstack([out, image.alpha])
     return out
+
+
+def write_output(path: str, image: Image, table: ColourTable, labels: np.ndarray, palette: np.ndarray) -> None:
+    """Write the quantised image atomically. An 8-bit PNG without alpha and with at most 256
+    colours is written as an indexed (palette) PNG by Pillow: a third of the data to compress, and
+    every reader shows the same colours. Anything else goes through OpenCV (format from the
+    extension), with alpha and 16 bits kept."""
+    if path.lower().endswith(".png") and image.bit_depth == 8 and image.alpha is None and len(palette) <= 256:
+        import io
+
+        from PIL import Image as PILImage
+
+        indexed = PILImage.fromarray(label_image(image, table, labels))
+        indexed.putpalette(palette[:, ::-1].astype(np.uint8).ravel().tolist())
+        buffer = io.BytesIO()
+        indexed.save(buffer, format="PNG", compress_level=1)
+        write_bytes(path, buffer.getvalue())
+        return
+    write_image(path, render(image, table, labels, palette))
 
 
 def write_image(path: str, pixels: np.ndarray) -> None:
@@ -96,7 +120,7 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
             if (st.st_size, st.st_mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
                 raise InputError(meta["source"], "the file changed during the run; run it again")
             image = read_image(meta["source"])
-        write_image(out_image, render(image, table, labels, palette))
+        write_output(out_image, image, table, labels, palette)
         written = out_image
     result = {
         "image_id": image_id,

@@ -1,7 +1,7 @@
 """The embedded engine: one iteration for a batch of images, in process, on the local filesystem.
 
-Each image's table is mapped in blocks by one map task per core (threads), the partials are
-combined and reduced, exactly as a Hadoop job would do with the same functions.
+Each image's table is mapped (by one map task, or ``tasks`` threads), the partials are combined
+and reduced, exactly as a Hadoop job does with the same functions.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..workarea import WorkArea
 class EmbeddedEngine:
     name = "local"
 
-    def __init__(self, tasks: int = 0, cache_bytes: int = 1 << 30):
+    def __init__(self, tasks: int = 1, cache_bytes: int = 1 << 30):
         self.tasks = tasks
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
