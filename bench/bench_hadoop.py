@@ -22,6 +22,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from kmeans_ops import params as P  # noqa: E402
 from kmeans_ops.driver import run_iterations  # noqa: E402
@@ -84,6 +85,11 @@ def main():
             engine.discard(area)
         print(f"jobs for {n} image(s), {ITERATIONS} iterations: {engine.jobs - before}")
 
+    from bench_core import photo  # the 12-megapixel photo of bench_core (cached)
+
+    big = photo(12)
+    os.symlink(big, os.path.join(folder, "astronaut-12MP.png"))
+    names.append("astronaut-12MP.png")
     local, ids = staged(names, folder, params)
     for name, image_id in zip(names, ids):
         ours = os.path.getsize(local.points(image_id)) + os.path.getsize(local.clusters(image_id, 0))
