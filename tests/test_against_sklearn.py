@@ -89,3 +89,20 @@ def test_quality_within_two_percent_of_sklearn_kmeanspp(photo_dir, tmp_path):
         theirs = quality(table, label_table(table, km.cluster_centers_), palette_of(km.cluster_centers_))["mse"]
         ratios.append(ours / theirs)
     assert np.mean(ratios) <= 1.02, ratios
+
+
+def test_cli_json_reproduces_with_sklearn_from_its_initial_centroids(photo_dir, tmp_path):
+    """What a user can check by hand: the JSON's initial centroids, given to scikit-learn for the
+    same number of iterations, give the JSON's centroids."""
+    import json
+
+    from conftest import run_cli
+
+    status, err = run_cli("quantize", photo_dir / "rocket.png", "-k", 7, "--seed", 11, "--max-iter", 6,
+                          "--delta", 0, "--out", tmp_path, "-q")
+    assert status == 0, err
+    result = json.load(open(tmp_path / "rocket.json"))
+    start = np.array(result["initial_centroids_rgb"])[:, ::-1]  # JSON is R, G, B; pixels are B, G, R
+    km = KMeans(7, init=start, n_init=1, max_iter=result["iterations"], tol=0.0, algorithm="lloyd")
+    km.fit(photo_bgr("rocket").reshape(-1, 3).astype(np.float64))
+    np.testing.assert_allclose(np.array(result["centroids_rgb"])[:, ::-1], km.cluster_centers_, rtol=RTOL, atol=1e-6)
