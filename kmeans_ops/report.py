@@ -698,4 +698,5 @@ def write_report(path: str, results: list[dict], failures: list[dict], run: dict
     """
     from .storage import write_bytes
 
-    write_bytes(path, render_report(results, failures, run).encode("utf-8"))
+    # errors="replace": a file name that is not valid UTF-8 (Linux allows it) must not stop the report
+    write_bytes(path, render_report(results, failures, run).encode("utf-8", errors="replace"))

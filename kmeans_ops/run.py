@@ -38,7 +38,7 @@ def output_stems(paths: list[str]) -> list[str]:
 
 def image_id_of(stem: str) -> str:
     """A whitespace-free, ASCII id for the files of the work area and the MapReduce records."""
-    return quote(stem, safe="")
+    return quote(stem.encode("utf-8", "surrogateescape"), safe="")
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

@@ -37,7 +37,12 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    text = json.dumps(obj, indent=1, ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it, JSON allows that
+        data = json.dumps(obj, indent=1).encode("ascii")
+    write_bytes(path, data + b"\n")
 
 
 def read_json(path: str):

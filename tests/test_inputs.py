@@ -174,3 +174,30 @@ def test_same_stem_twice_gets_two_outputs(tmp_path):
     status, err = run_cli("quantize", tmp_path / "a", tmp_path / "b", "-k", 3, "--out", tmp_path / "out", "-q")
     assert status == 0, err
     assert {"x.png", "x.json", "x-2.png", "x-2.json"} == set(os.listdir(tmp_path / "out"))
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    """A phone JPEG stored landscape with 'rotate 90' in EXIF comes out as viewers show it."""
+    from PIL import Image as PILImage
+
+    rgb = photo_bgr("coffee")[::4, ::4, ::-1]  # 100 x 150 stored
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    path = tmp_path / "phone.jpg"
+    PILImage.fromarray(np.ascontiguousarray(rgb)).save(path, exif=exif, quality=95)
+    status, err = run_cli("quantize", path, "-k", 4, "--out", tmp_path / "out", "-q")
+    assert status == 0, err
+    out = cv2.imread(str(tmp_path / "out" / "phone.png"))
+    assert out.shape[:2] == (rgb.shape[1], rgb.shape[0])  # rotated: 150 x 100
+
+
+def test_file_name_that_is_not_utf8(tmp_path):
+    """Linux allows any bytes in a name: it is processed and its outputs written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, not UTF-8
+    cv2.imwrite(os.path.join(str(folder), "x.png"), photo_bgr("chelsea")[::4, ::4])
+    os.rename(os.path.join(str(folder), "x.png"), os.path.join(str(folder), name))
+    status, err = run_cli("quantize", folder, "-k", 3, "--out", tmp_path / "out", "-q")
+    assert status == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([os.fsdecode(b"caf\xe9.json"), os.fsdecode(b"caf\xe9.png")])
