@@ -124,16 +124,31 @@ class Hdfs:
             self.delete(path)
         self._call("rename", path, self.client.rename, tmp, path)
 
+    def _discard_tmp(self, tmp: str) -> None:
+        """Best effort: remove a temporary left by a failed write (HDFS may be the thing failing)."""
+        try:
+            self.client.delete(tmp, recursive=True)
+        except Exception:  # noqa: BLE001
+            logging.getLogger(__name__).warning("could not remove %s on %s", tmp, self.namenode)
+
     def write_bytes(self, path: str, data: bytes) -> None:
         tmp = self._tmp(path)
-        self._call("write", path, self.client.write, tmp, data=data, overwrite=True)
+        try:
+            self._call("write", path, self.client.write, tmp, data=data, overwrite=True)
+        except HdfsError:
+            self._discard_tmp(tmp)
+            raise
         self._replace(tmp, path)
 
     def upload_dir(self, local: str, path: str) -> None:
         """Upload a local folder to ``path`` (replaced as a whole)."""
         tmp = self._tmp(path)
         self.makedirs(posixpath.dirname(path) or "/")
-        self._call("upload", path, self.client.upload, tmp, local, overwrite=True, n_threads=1)
+        try:
+            self._call("upload", path, self.client.upload, tmp, local, overwrite=True, n_threads=1)
+        except HdfsError:
+            self._discard_tmp(tmp)
+            raise
         self._replace(tmp, path)
 
     def makedirs(self, path: str) -> None:

@@ -91,6 +91,12 @@ def test_dag_with_hdfs_unreachable_publishes_nothing_then_rerun_succeeds(datanod
     assert states["upload"] == "failed" and states["publish"] != "success"
     published = [n for n in os.listdir(tmp_path / "out")] if (tmp_path / "out").exists() else []
     assert published == []  # nothing published, not even half a run
+    from kmeans_ops.hdfs import Hdfs
+
+    hdfs = Hdfs()
+    leftovers = [n for n in hdfs.list(hdfs.home() + "/kmeans-work") if ".tmp-" in n] if hdfs.exists(
+        hdfs.home() + "/kmeans-work") else []
+    assert leftovers == []  # the failed upload's temporary folder was removed
     subprocess.run([HADOOP_DEV, "start", "datanode"], check=True, capture_output=True, timeout=300)
     again = run_dag("kmeans_image_clustering", conf)
     assert again.state == "success"
