@@ -156,7 +156,7 @@ def quantize(args) -> int:
                 state = "converged" if result["converged"] else "stopped at max_iter"
                 say(f"wrote {result['output'] or os.path.join(args.out, stem + '.json')}: k={result['k']}, "
                     f"{result['iterations']} iterations ({state}), PSNR {psnr} dB")
-            except (InputError, OSError) as err:
+            except (InputError, OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching its results
                 failures[path] = str(err) if isinstance(err, InputError) else f"{path}: {err}"
                 print(f"error: {failures[path]}", file=sys.stderr, flush=True)
     finally:

@@ -28,6 +28,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def client_command() -> list[str]:
             f"(looked for jars in {jars})"
         )
     java_home = os.environ.get("JAVA_HOME") or os.path.dirname(os.path.dirname(os.path.realpath(
-        subprocess.run(["which", "java"], capture_output=True, text=True).stdout.strip() or "/usr/bin/java")))
+        shutil.which("java") or "/usr/bin/java")))
     java = os.path.join(java_home, "bin", "java")
     return [java, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *JAVA_OPENS, "-cp", f"{conf_dir()}:{jars}",
             "org.apache.hadoop.streaming.HadoopStreaming"]
@@ -196,8 +197,6 @@ class HadoopEngine:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as tmp:
             self.hdfs.download(area.image_dir(image_id), os.path.join(tmp, image_id))
             if os.path.exists(target):
-                import shutil
-
                 shutil.rmtree(target)
             os.rename(os.path.join(tmp, image_id), target)
         return local
