@@ -95,8 +95,6 @@ def kmeans_image_clustering():
         try:
             validated = P.validate(k=p["k"], init=p["init"], seed=p["seed"], max_iter=p["max_iterations"],
                                    delta=p["delta"])
-            if validated.init not in P.INIT_METHODS and not os.path.isfile(validated.init):
-                raise P.ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {validated.init!r}")
             images = plan_images(expand_inputs(list(p["input"])))
         except (P.ParamError, InputError) as err:
             raise AirflowFailException(str(err)) from None

@@ -92,8 +92,6 @@ def quantize(args) -> int:
                 k = len(read_clusters(args.init))
         params = P.validate(k=k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta)
         batch_size = P.integer("batch_size", args.batch_size, 1)
-        if params.init not in P.INIT_METHODS and not os.path.isfile(params.init):
-            raise P.ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {params.init!r}")
         _check_writable(args.out)
         paths = expand_inputs(args.inputs)
     except (P.ParamError, InputError) as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import asdict, dataclass
 
 #: Largest distance two colours can be apart in 8-bit RGB: 255 * sqrt(3).
@@ -62,7 +63,7 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
     - ``max_iter``: integer between 1 and 1000.
     - ``delta``: a centroid shift in colour units, 0 <= delta <= 32; 0 means "until no centroid moves".
     - ``seed``: integer >= 0.
-    - ``init``: "kmeans++", "random", or the path of a clusters file.
+    - ``init``: "kmeans++", "random", or the path of an existing clusters file.
     """
     k = integer("k", k, 1, 65536)
     max_iter = integer("max_iter", max_iter, 1, 1000)
@@ -76,6 +77,6 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
             f"delta must be between 0 and {MAX_DELTA:g} colour units (largest centroid shift allowed "
             f"at convergence), got {delta!r}: a larger tolerance would stop before clustering"
         )
-    if not isinstance(init, str) or not init:
-        raise ParamError(f"init must be 'kmeans++', 'random' or a clusters file path, got {init!r}")
+    if not isinstance(init, str) or not init or (init not in INIT_METHODS and not os.path.isfile(init)):
+        raise ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {init!r}")
     return Params(k=k, init=init, seed=seed, max_iter=max_iter, delta=delta)
