@@ -100,12 +100,18 @@ class Block:
                      self.codes[lo:hi], self.origin)
 
 
+def _centred_rows(colours: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """(4, n): the colours minus ``origin``, one row per channel, then a row of ones (see nearest)."""
+    rows = np.ones((4, len(colours)))
+    rows[:3] = (colours - origin).T
+    return rows
+
+
 def block(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, origin) -> Block:
     """Prepare (n, 3) float B, G, R colours with their pixel counts and codes for mapping."""
     origin = np.asarray(origin, np.float64)
     weights = np.asarray(weights, np.float64)
-    centred_t = np.ones((4, len(weights)))
-    centred_t[:3] = (colours - origin).T
+    centred_t = _centred_rows(colours, origin)
     sq_norm = np.einsum("ij,ij->j", centred_t[:3], centred_t[:3])
     weighted_t = np.empty((3, len(weights)))
     np.multiply(colours.T, weights, out=weighted_t)
@@ -148,9 +154,7 @@ def nearest(centred_t: np.ndarray, centroids: np.ndarray, origin) -> np.ndarray:
 def assign(colours: np.ndarray, centroids: np.ndarray, origin=None) -> np.ndarray:
     """Labels of (n, 3) B, G, R colours: their nearest centroid (see :func:`nearest`)."""
     origin = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
-    centred_t = np.ones((4, len(colours)))
-    centred_t[:3] = (colours - origin).T
-    return nearest(centred_t, centroids, origin)
+    return nearest(_centred_rows(colours, origin), centroids, origin)
 
 
 def map_block(data: Block, centroids: np.ndarray) -> Partials:
