@@ -163,7 +163,8 @@ class Hdfs:
 
 
 def is_hdfs(path: str) -> bool:
-    return path.startswith("hdfs://")
+    """An ``hdfs://`` URI (the scheme is case-insensitive)."""
+    return path.lower().startswith("hdfs://")
 
 
 def hdfs_path(uri: str) -> str:

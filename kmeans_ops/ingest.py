@@ -153,7 +153,9 @@ def ingest(path: str, image_id: str, area, params, keep: bool = False):
     from .initialise import initial_centroids
     from .storage import write_json
 
-    if path.startswith("hdfs://"):
+    from .hdfs import is_hdfs
+
+    if is_hdfs(path):
         import tempfile
 
         from .hdfs import local_copy

@@ -104,10 +104,6 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def is_hdfs(root: str) -> bool:
-    return root.lower().startswith("hdfs://")
-
-
 def _inside(path: str, folders: list[str]) -> bool:
     return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
 
@@ -121,6 +117,8 @@ def list_root(root: str, exclude: list[str] | tuple[str, ...] = ()) -> list[dict
     work roots) and published run folders (holding summary.json and report.html) are skipped. A
     missing root is logged and gives nothing; a file that vanishes while being hashed is skipped.
     """
+    from .hdfs import is_hdfs
+
     if is_hdfs(root):
         return _list_hdfs_root(root)
     from .ingest import IMAGE_EXTENSIONS

@@ -108,7 +108,9 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     figures = quality(table, labels, palette)
     written = None
     if meta["kind"] == "image" and out_image:
-        if image is None and meta["source"].startswith("hdfs://"):
+        from .hdfs import is_hdfs
+
+        if image is None and is_hdfs(meta["source"]):
             import tempfile
 
             from .hdfs import local_copy

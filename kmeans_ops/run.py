@@ -47,12 +47,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     Local paths, or ``hdfs://`` URIs (listed through WebHDFS; their images are downloaded when
     ingested). A pattern that matches nothing, or a path that does not exist, raises InputError.
     """
+    from .hdfs import is_hdfs
     from .ingest import IMAGE_EXTENSIONS, find_images
 
     expanded: list[str] = []
     remote: list[str] = []
     for item in inputs:
-        if item.startswith("hdfs://"):
+        if is_hdfs(item):
             from .hdfs import list_images
 
             remote += list_images(item, IMAGE_EXTENSIONS)
