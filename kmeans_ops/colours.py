@@ -19,6 +19,7 @@ class ColourTable:
     codes: np.ndarray  # (n,) uint32, sorted, unique
     counts: np.ndarray  # (n,) int64, > 0
     _bgr: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _mean: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -29,8 +30,12 @@ class ColourTable:
 
     def mean(self) -> np.ndarray:
         """Mean colour over all pixels (B, G, R). The weighted sums are exact integers, so this is
-        bit-for-bit the mean of the pixel array (scikit-learn centres its data on it)."""
-        return (self.counts.astype(np.float64) @ self.bgr()) / float(self.n_pixels)
+        bit-for-bit the mean of the pixel array (scikit-learn centres its data on it). Computed
+        once (ingest, the map blocks and reconstruction all need it)."""
+        if self._mean is None:
+            self._mean = (self.counts.astype(np.float64) @ self.bgr()) / float(self.n_pixels)
+            self._mean.flags.writeable = False
+        return self._mean
 
     def bgr(self) -> np.ndarray:
         """The colours as an (n, 3) float64 array in B, G, R order (the order of OpenCV and the
