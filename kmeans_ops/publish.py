@@ -8,7 +8,6 @@ has its own folder ``<output>/<run key>``; ``<output>/latest`` is a symlink to t
 from __future__ import annotations
 
 import os
-import shutil
 
 from .storage import publish_folder, write_json
 
@@ -46,7 +45,3 @@ def publish(output_root: str, key: str, results: list[dict], failures: list[dict
     os.symlink(os.path.basename(final), tmp_link)
     os.replace(tmp_link, link)
     return final
-
-
-def discard_staging(output_root: str, key: str) -> None:
-    shutil.rmtree(staging_dir(output_root, key), ignore_errors=True)

@@ -21,7 +21,7 @@ class EmbeddedEngine:
     def __init__(self, tasks: int = 1, cache_bytes: int = 1 << 30):
         self.tasks = tasks
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._cache: OrderedDict[tuple, mapreduce.Block] = OrderedDict()  # (path, mtime, size) -> Block
 
     @staticmethod
     def _key(path: str) -> tuple:
