@@ -7,14 +7,12 @@ from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
-from kmeans_plugin.macros import default_work_root
+from kmeans_ops import settings
 from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator
 
 #: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
-ITERATION_BOUND = max(30, int(os.environ.get("KMEANS_ITERATION_BOUND", "30")))
-DEFAULT_OUTPUT = os.environ.get("KMEANS_OUTPUT_ROOT") or os.path.join(
-    os.environ.get("KMEANS_HOME", os.environ.get("AIRFLOW_HOME", os.path.expanduser("~"))), "kmeans-output"
-)
+ITERATION_BOUND = settings.iteration_bound()
+DEFAULT_OUTPUT = settings.output_root()
 STEPS = ("batches", "mapreduce", "converge", "exit")  # the tasks of one iteration group
 RESULTS = Asset(name="kmeans_results", uri=f"file://{os.path.abspath(DEFAULT_OUTPUT)}")
 
@@ -35,12 +33,6 @@ is reported and the others go on; a run where every image fails is marked failed
 """
 
 
-def _plan_key(context) -> str:
-    from kmeans_ops.run import run_key
-
-    return run_key(context["run_id"])
-
-
 @dag(
     dag_id="kmeans_image_clustering",
     schedule=None,
@@ -56,29 +48,33 @@ def _plan_key(context) -> str:
             minItems=1,
             title="Input images",
             description_md="Local folders, image files or glob patterns, one per line "
-            "(JPEG, PNG, BMP, TIFF, WebP). `hdfs://` paths with the Hadoop engine.",
+            "(JPEG, PNG, BMP, TIFF, WebP). `hdfs://` paths with the Hadoop engine. Every path must lie "
+            "under the allowed roots (Airflow Variable `kmeans_allowed_roots`).",
         ),
-        "k": Param(16, type="integer", minimum=1, maximum=256, title="K (colours)",
-                   description="Number of clusters, i.e. colours in each output image."),
+        "k": Param(settings.DEFAULT_K, type="integer", minimum=1, maximum=settings.MAX_K, title="K (colours)",
+                   description=f"Number of clusters, i.e. colours in each output image: 1 to {settings.MAX_K}."),
         "max_iterations": Param(ITERATION_BOUND, type="integer", minimum=1, maximum=ITERATION_BOUND,
                                 title="Max iterations",
                                 description=f"Most MapReduce iterations per image (at most {ITERATION_BOUND})."),
-        "delta": Param(1.0, type="number", minimum=0, maximum=32, title="Delta (convergence)",
-                       description="Converged when no centroid moved more than this many colour units; "
-                                   "0 means until no centroid moves."),
+        "delta": Param(settings.DEFAULT_DELTA, type="number", minimum=0, maximum=settings.MAX_DELTA,
+                       title="Delta (convergence)",
+                       description=f"Converged when no centroid moved more than this many colour units, 0 to "
+                                   f"{settings.MAX_DELTA:g}; 0 means until no centroid moves."),
         "init": Param("kmeans++", type="string", minLength=1, title="Initial centroids",
                       examples=["kmeans++", "random"],
                       description="'kmeans++', 'random' (the seed's rule) or the path of a clusters file "
-                                  "('label B G R' per line)."),
-        "seed": Param(0, type="integer", minimum=0, title="Random seed",
-                      description="Seed of every random choice: same seed, same result."),
+                                  "('label B G R' per line) under the allowed roots; its K must equal k."),
+        "seed": Param(settings.DEFAULT_SEED, type="integer", minimum=0, maximum=settings.MAX_SEED, title="Random seed",
+                      description=f"Seed of every random choice, 0 to {settings.MAX_SEED}: same seed, same result."),
         "engine": Param("local", type="string", enum=["local", "hadoop"], title="Engine",
                         values_display={"local": "Embedded (in-process MapReduce)",
                                         "hadoop": "Hadoop Streaming on YARN, data in HDFS"}),
         "output": Param(DEFAULT_OUTPUT, type="string", minLength=1, title="Output folder",
-                        description="Each run publishes into <output>/<run key>/."),
-        "batch_size": Param(64, type="integer", minimum=1, maximum=10000, title="Images per job",
-                            description="Images carried by one MapReduce job."),
+                        description="Each run publishes into <output>/<run key>/; must lie under the "
+                                    "allowed roots (Airflow Variable kmeans_allowed_roots)."),
+        "batch_size": Param(settings.DEFAULT_BATCH_SIZE, type="integer", minimum=1, maximum=settings.MAX_BATCH_SIZE,
+                            title="Images per job",
+                            description=f"Images carried by one MapReduce job: 1 to {settings.MAX_BATCH_SIZE}."),
     },
 )
 def kmeans_image_clustering():
@@ -87,32 +83,15 @@ def kmeans_image_clustering():
         """Validate the parameters once and list the images: the run's plan."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from kmeans_ops import params as P
         from kmeans_ops.errors import InputError
-        from kmeans_ops.run import expand_inputs, plan_images
+        from kmeans_ops.params import ParamError
+        from kmeans_ops.run import plan
+        from kmeans_ops.settings import SettingError
 
-        p = context["params"]
         try:
-            validated = P.validate(k=p["k"], init=p["init"], seed=p["seed"], max_iter=p["max_iterations"],
-                                   delta=p["delta"])
-            images = plan_images(expand_inputs(list(p["input"])))
-        except (P.ParamError, InputError) as err:
+            return plan(dict(context["params"]), context["run_id"], context["dag"].dag_id)
+        except (ParamError, InputError, SettingError) as err:
             raise AirflowFailException(str(err)) from None
-        if not images:
-            raise AirflowFailException(f"no images found in {p['input']}")
-        key = _plan_key(context)
-        run = {
-            "run_id": context["run_id"],
-            "dag_id": context["dag"].dag_id,
-            "key": key,
-            "engine": p["engine"],
-            "work": os.path.join(default_work_root(), key),
-            "output": os.path.abspath(os.path.expanduser(p["output"])),
-            "batch_size": p["batch_size"],
-            "params": validated.to_json(),
-            "images": images,
-        }
-        return run
 
     @task
     def images_of(run: dict) -> list[dict]:
@@ -254,7 +233,7 @@ def kmeans_image_clustering():
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from kmeans_ops.publish import final_dir, publish as publish_run, staging_dir
+        from kmeans_ops.publish import PublishError, final_dir, publish as publish_run, staging_dir
         from kmeans_plugin.links import OUTPUTS_KEY
 
         reconstructed = list(reconstructed)
@@ -270,7 +249,10 @@ def kmeans_image_clustering():
                     result["seconds"] = r["seconds"]
                     results.append(result)
             info = {k: run[k] for k in ("run_id", "dag_id", "engine", "params", "output")}
-            publish_run(run["output"], run["key"], results, failures, info)
+            try:
+                publish_run(run["output"], run["key"], results, failures, info)
+            except PublishError as err:
+                raise AirflowFailException(str(err)) from None
         context["ti"].xcom_push(key=OUTPUTS_KEY, value=f"file://{final}/report.html")
         context["outlet_events"][RESULTS].extra = {"folder": final, "run_id": run["run_id"]}
         for f in failures:

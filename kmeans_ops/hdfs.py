@@ -21,7 +21,6 @@ import uuid
 logging.getLogger("hdfs").setLevel(logging.WARNING)
 
 CONN_ID = "webhdfs_default"
-RETRIES = 4
 
 
 class HdfsError(RuntimeError):
@@ -30,16 +29,11 @@ class HdfsError(RuntimeError):
 
 def _default_connection() -> None:
     """Point webhdfs_default at the dev cluster when nothing else configures it."""
-    if os.environ.get("AIRFLOW_CONN_WEBHDFS_DEFAULT"):
-        return
-    from .engines.hadoop import dev_dir
+    from .settings import webhdfs_dev_connection
 
-    if os.path.exists(os.path.join(dev_dir(), "conf", "core-site.xml")):
-        import json
-
-        os.environ["AIRFLOW_CONN_WEBHDFS_DEFAULT"] = json.dumps(
-            {"conn_type": "webhdfs", "host": "127.0.0.1", "port": 9870, "login": getpass.getuser()}
-        )
+    dev = webhdfs_dev_connection()
+    if dev:
+        os.environ["AIRFLOW_CONN_WEBHDFS_DEFAULT"] = dev
 
 
 def _transient(err: BaseException) -> bool:
@@ -60,7 +54,9 @@ class Hdfs:
 
     def __init__(self, conn_id: str = CONN_ID, retries: int | None = None, backoff: float = 1.0):
         _default_connection()
-        retries = int(os.environ.get("KMEANS_HDFS_RETRIES", RETRIES)) if retries is None else retries
+        from .settings import hdfs_retries
+
+        retries = hdfs_retries() if retries is None else retries
         from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
 
         self.hook = WebHDFSHook(webhdfs_conn_id=conn_id)
@@ -71,7 +67,7 @@ class Hdfs:
     @property
     def client(self):
         if self._client is None:
-            self._client = self._call("connect", "/", self.hook.get_conn)
+            self._client = self.call("connect", "/", self.hook.get_conn)
         return self._client
 
     @property
@@ -85,7 +81,7 @@ class Hdfs:
         except Exception:  # noqa: BLE001 - the connection itself is missing
             return f"the NameNode of connection {self.hook.webhdfs_conn_id}"
 
-    def _call(self, what: str, path: str, fn, *args, **kwargs):
+    def call(self, what: str, path: str, fn, *args, **kwargs):
         for attempt in range(self.retries + 1):
             try:
                 return fn(*args, **kwargs)
@@ -96,22 +92,24 @@ class Hdfs:
                     continue
                 raise HdfsError(f"HDFS {what} {path} on {self.namenode} failed: {err}") from err
 
+    _call = call  # TODO(paths): the ledger still calls this name; goes when it moves to kmeans_ops.paths
+
     # ------------------------------------------------------------ reads
     def exists(self, path: str) -> bool:
-        return self._call("status", path, self.client.status, path, strict=False) is not None
+        return self.call("status", path, self.client.status, path, strict=False) is not None
 
     def list(self, path: str) -> list[str]:
-        return self._call("list", path, self.client.list, path)
+        return self.call("list", path, self.client.list, path)
 
     def read_bytes(self, path: str) -> bytes:
         def read():
             with self.client.read(path) as reader:
                 return reader.read()
 
-        return self._call("read", path, read)
+        return self.call("read", path, read)
 
     def download(self, path: str, local: str) -> None:
-        self._call("download", path, self.client.download, path, local, overwrite=True, n_threads=1)
+        self.call("download", path, self.client.download, path, local, overwrite=True, n_threads=1)
 
     # ------------------------------------------------------------ writes (atomic)
     def _tmp(self, path: str) -> str:
@@ -122,7 +120,7 @@ class Hdfs:
         """Rename ``tmp`` to ``path``, replacing it (WebHDFS renames do not overwrite)."""
         if self.exists(path):
             self.delete(path)
-        self._call("rename", path, self.client.rename, tmp, path)
+        self.call("rename", path, self.client.rename, tmp, path)
 
     def _discard_tmp(self, tmp: str) -> None:
         """Best effort: remove a temporary left by a failed write (HDFS may be the thing failing)."""
@@ -134,7 +132,7 @@ class Hdfs:
     def write_bytes(self, path: str, data: bytes) -> None:
         tmp = self._tmp(path)
         try:
-            self._call("write", path, self.client.write, tmp, data=data, overwrite=True)
+            self.call("write", path, self.client.write, tmp, data=data, overwrite=True)
         except HdfsError:
             self._discard_tmp(tmp)
             raise
@@ -145,58 +143,24 @@ class Hdfs:
         tmp = self._tmp(path)
         self.makedirs(posixpath.dirname(path) or "/")
         try:
-            self._call("upload", path, self.client.upload, tmp, local, overwrite=True, n_threads=1)
+            self.call("upload", path, self.client.upload, tmp, local, overwrite=True, n_threads=1)
         except HdfsError:
             self._discard_tmp(tmp)
             raise
         self._replace(tmp, path)
 
     def makedirs(self, path: str) -> None:
-        self._call("mkdir", path, self.client.makedirs, path)
+        self.call("mkdir", path, self.client.makedirs, path)
 
     def delete(self, path: str) -> None:
-        self._call("delete", path, self.client.delete, path, recursive=True)
+        self.call("delete", path, self.client.delete, path, recursive=True)
 
     def home(self) -> str:
         login = self.hook.get_connection(self.hook.webhdfs_conn_id).login or getpass.getuser()
         return f"/user/{login}"
 
 
-def is_hdfs(path: str) -> bool:
-    """An ``hdfs://`` URI (the scheme is case-insensitive)."""
-    return path.lower().startswith("hdfs://")
+def hdfs_path(uri: str) -> str:  # TODO(paths): the ledger still uses it; goes when it moves to kmeans_ops.paths
+    from .paths import HdfsFS
 
-
-def hdfs_path(uri: str) -> str:
-    """``hdfs://host:port/a/b`` or ``hdfs:///a/b`` -> ``/a/b`` (the connection names the NameNode)."""
-    from urllib.parse import urlparse
-
-    return urlparse(uri).path or "/"
-
-
-def list_images(uri: str, extensions: tuple[str, ...]) -> list[str]:
-    """An ``hdfs://`` file, folder (not recursive) or glob pattern -> the image URIs it names."""
-    import fnmatch
-
-    hdfs = Hdfs()
-    prefix = uri[: len(uri) - len(hdfs_path(uri))] if hdfs_path(uri) != "/" else uri.rstrip("/")
-    path = hdfs_path(uri)
-    if any(ch in path for ch in "*?["):
-        folder, pattern = posixpath.split(path)
-        names = [n for n in sorted(hdfs.list(folder)) if fnmatch.fnmatch(n, pattern)]
-        return [prefix + posixpath.join(folder, n) for n in names]
-    status = hdfs._call("status", path, hdfs.client.status, path, strict=False)
-    if status is None:
-        from .errors import InputError
-
-        raise InputError(uri, "no such file or folder on HDFS")
-    if status["type"] == "FILE":
-        return [uri]
-    return [prefix + posixpath.join(path, n) for n in sorted(hdfs.list(path)) if n.lower().endswith(extensions)]
-
-
-def local_copy(uri: str, folder: str) -> str:
-    """Download an ``hdfs://`` file into ``folder``; returns the local path."""
-    local = os.path.join(folder, posixpath.basename(hdfs_path(uri)))
-    Hdfs().download(hdfs_path(uri), local)
-    return local
+    return HdfsFS.split(uri)[1]

@@ -10,9 +10,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-
-#: File name endings read as images (OpenCV decodes them); anything else in a folder is ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp")
+from .paths import IMAGE_EXTENSIONS, is_hdfs  # noqa: F401 - IMAGE_EXTENSIONS: kept for importers
 
 
 @dataclass
@@ -109,36 +107,6 @@ def to_8bit(values16: np.ndarray) -> np.ndarray:
     return ((values16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def find_images(inputs: list[str]) -> list[str]:
-    """Expand files and folders (not recursive) into a sorted list of image paths, in input order.
-
-    A folder contributes the files whose name ends in one of IMAGE_EXTENSIONS (case-insensitive);
-    a file given by name is always taken, whatever its name. A path that does not exist raises
-    InputError.
-    """
-    found: list[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            names = sorted(os.listdir(item))
-            found += [
-                os.path.join(item, n)
-                for n in names
-                if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, n))
-            ]
-        elif os.path.isfile(item):
-            found.append(item)
-        else:
-            raise InputError(item, "no such file or folder")
-    seen: set[str] = set()
-    unique = []
-    for path in found:
-        real = os.path.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            unique.append(path)
-    return unique
-
-
 def ingest(path: str, image_id: str, area, params, keep: bool = False):
     """Write one input's points file, initial clusters file and metadata into the work area.
 
@@ -148,40 +116,40 @@ def ingest(path: str, image_id: str, area, params, keep: bool = False):
     same process can hand to reconstruct.finish instead of decoding the image again.
     Raises InputError for a bad input; nothing is written for it then.
     """
+    from .paths import filesystem
+
+    fs = filesystem(path)
+    st = fs.stat(path)
+    if st is None or st.is_dir:
+        raise InputError(path, "no such file")
+    with fs.local(path) as local_path:  # an hdfs:// image is decoded from a temporary local copy
+        try:
+            return _ingest_local(path, local_path, st, image_id, area, params, keep)
+        except InputError as err:
+            if err.path == local_path != path:  # name the input, not its temporary copy
+                raise InputError(path, err.problem) from None
+            raise
+
+
+def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, keep: bool):
     from .colours import colour_table
     from .formats import read_seed_points, write_clusters, write_points
     from .initialise import initial_centroids
     from .storage import write_json
 
-    from .hdfs import is_hdfs
-
-    if is_hdfs(path):
-        import tempfile
-
-        from .hdfs import local_copy
-
-        with tempfile.TemporaryDirectory(prefix="kmeans-ingest-") as tmp:
-            result = ingest(local_copy(path, tmp), image_id, area, params, keep)
-            meta = result[0] if keep else result
-            meta.update(source=path, source_bytes=None, source_mtime_ns=None)
-            from .storage import write_json
-
-            write_json(area.meta(image_id), meta)
-            return result
-    st = os.stat(path)
     image = None
     meta = {
         "image_id": image_id,
-        "source": os.path.abspath(path),
-        "source_bytes": st.st_size,
-        "source_mtime_ns": st.st_mtime_ns,
+        "source": path if is_hdfs(path) else os.path.abspath(path),  # where reconstruction reads it again
+        "source_bytes": st.size,
+        "source_mtime_ns": st.mtime_ns,
         "kind": "image",
     }
     if path.lower().endswith(".txt"):
-        table = read_seed_points(path)
+        table = read_seed_points(local_path)
         meta.update(kind="seed-points", width=None, height=None, bit_depth=8, alpha=False)
     else:
-        image = read_image(path)
+        image = read_image(local_path)
         table = colour_table(image.bgr)
         height, width = image.shape
         meta.update(width=width, height=height, bit_depth=image.bit_depth, alpha=image.alpha is not None)

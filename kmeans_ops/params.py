@@ -10,17 +10,9 @@ import numbers
 import os
 from dataclasses import asdict, dataclass
 
-#: Largest distance two colours can be apart in 8-bit RGB: 255 * sqrt(3).
-MAX_COLOUR_DISTANCE = 255.0 * math.sqrt(3.0)
-
-#: Upper bound on ``delta``. The seed used delta = 1e8, so every run "converged" after one step.
-#: A tolerance above an eighth of the channel range says "stop before you started", so it is refused.
-MAX_DELTA = 32.0
-
-DEFAULT_K = 16
-DEFAULT_DELTA = 1.0
-DEFAULT_MAX_ITER = 30
-INIT_METHODS = ("kmeans++", "random")
+from .errors import shown
+from .settings import (DEFAULT_DELTA, DEFAULT_K, DEFAULT_MAX_ITER, INIT_METHODS, MAX_DELTA, MAX_ITER, MAX_K,  # noqa: F401
+                       MAX_SEED)
 
 
 class ParamError(ValueError):
@@ -55,19 +47,28 @@ def integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
     return number
 
 
+#: Largest clusters file read as ``init`` (K is at most MAX_K lines of four numbers: about 330 kB
+#: with 17 significant digits; comments allowed). A bigger file is refused before it is read.
+MAX_INIT_FILE_BYTES = 16 << 20  # TODO(settings)
+
+
 def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, delta=DEFAULT_DELTA) -> Params:
     """Check every run parameter and return them as a :class:`Params`.
 
     - ``k``: integer >= 1 (an image with fewer distinct colours than ``k`` is clustered with as many
-      clusters as it has colours; see README).
+      clusters as it has colours; see README). ``None``: the number of centroids of an ``init``
+      file, else DEFAULT_K.
     - ``max_iter``: integer between 1 and 1000.
     - ``delta``: a centroid shift in colour units, 0 <= delta <= 32; 0 means "until no centroid moves".
     - ``seed``: integer >= 0.
-    - ``init``: "kmeans++", "random", or the path of an existing clusters file.
+    - ``init``: "kmeans++", "random", or the path of an existing clusters file. The file is read
+      here, once: a bad file, or one holding a number of centroids other than ``k``, is a
+      ParamError naming ``init`` (and ``k``), the file and the line, never its content.
     """
-    k = integer("k", k, 1, 65536)
-    max_iter = integer("max_iter", max_iter, 1, 1000)
-    seed = integer("seed", seed, 0, 2**32 - 1)
+    if k is not None:
+        k = integer("k", k, 1, MAX_K)
+    max_iter = integer("max_iter", max_iter, 1, MAX_ITER)
+    seed = integer("seed", seed, 0, MAX_SEED)
     try:
         delta = float(delta)
     except (TypeError, ValueError):
@@ -78,5 +79,37 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
             f"at convergence), got {delta!r}: a larger tolerance would stop before clustering"
         )
     if not isinstance(init, str) or not init or (init not in INIT_METHODS and not os.path.isfile(init)):
-        raise ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {init!r}")
-    return Params(k=k, init=init, seed=seed, max_iter=max_iter, delta=delta)
+        shown_init = shown(init) if isinstance(init, str) and init else repr(init)
+        raise ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {shown_init}")
+    if init not in INIT_METHODS:
+        k = _k_of_init_file(init, k)
+    return Params(k=DEFAULT_K if k is None else k, init=init, seed=seed, max_iter=max_iter, delta=delta)
+
+
+def _k_of_init_file(path: str, k: int | None) -> int:
+    """The number of centroids in the clusters file ``path``, which must equal ``k`` when given.
+
+    Every problem is a ParamError naming ``init``: an unreadable, oversized or malformed file (the
+    file and line, from formats.read_clusters, which never quotes content), too many centroids, or
+    a count that disagrees with ``k`` (then ``k`` is named too).
+    """
+    from .errors import InputError
+    from .formats import read_clusters
+
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise ParamError(f"init: cannot read the clusters file {shown(path)} ({err.strerror or type(err).__name__})") from None
+    if size > MAX_INIT_FILE_BYTES:
+        raise ParamError(f"init: {shown(path)} is {size} bytes, too large for a clusters file "
+                         f"(at most {MAX_INIT_FILE_BYTES} bytes: K <= {MAX_K} lines 'label B G R')")
+    try:
+        found = len(read_clusters(path))
+    except InputError as err:
+        raise ParamError(f"init: not a usable clusters file: {err}") from None
+    if found > MAX_K:
+        raise ParamError(f"init: clusters file {shown(path)} holds {found} centroids; k is at most {MAX_K}")
+    if k is not None and k != found:
+        raise ParamError(f"init and k disagree: clusters file {shown(path)} holds {found} centroids but k is {k}; "
+                         f"set k to {found}")
+    return found

@@ -83,6 +83,23 @@ def write_image(path: str, pixels: np.ndarray) -> None:
     write_bytes(path, encoded.tobytes())
 
 
+def _read_source(meta: dict) -> Image:
+    """Decode the run's source image again (local or hdfs://), refusing one that changed since ingest."""
+    from .ingest import read_image
+    from .paths import filesystem
+
+    source = meta["source"]
+    fs = filesystem(source)
+    st = fs.stat(source)
+    if st is None or (st.size, st.mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
+        raise InputError(source, "the file changed or vanished during the run; run it again")
+    with fs.local(source) as local:
+        try:
+            return read_image(local)
+        except InputError as err:
+            raise InputError(source, err.problem) from None
+
+
 def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str, extra: dict | None = None,
            image: Image | None = None, table: ColourTable | None = None) -> dict:
     """Reconstruct one image from its final centroids and write its output image and JSON figures.
@@ -92,11 +109,8 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     still holds them from ingest, save decoding the source and parsing the points file again.
     Returns the figures written to ``out_json``.
     """
-    import os
-
     from .driver import history
     from .formats import read_clusters, read_points
-    from .ingest import read_image
     from .storage import read_json, write_json
 
     meta = read_json(area.meta(image_id))
@@ -108,20 +122,8 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     figures = quality(table, labels, palette)
     written = None
     if meta["kind"] == "image" and out_image:
-        from .hdfs import is_hdfs
-
-        if image is None and is_hdfs(meta["source"]):
-            import tempfile
-
-            from .hdfs import local_copy
-
-            with tempfile.TemporaryDirectory(prefix="kmeans-source-") as tmp:
-                image = read_image(local_copy(meta["source"], tmp))
-        elif image is None:
-            st = os.stat(meta["source"])
-            if (st.st_size, st.st_mtime_ns) != (meta["source_bytes"], meta["source_mtime_ns"]):
-                raise InputError(meta["source"], "the file changed during the run; run it again")
-            image = read_image(meta["source"])
+        if image is None:
+            image = _read_source(meta)
         write_output(out_image, image, table, labels, palette)
         written = out_image
     result = {
@@ -141,6 +143,7 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
         "cluster_pixels": np.bincount(labels, table.counts, minlength=len(centroids)).astype(int).tolist(),
         **figures,
         "history": history(area, image_id, iterations),
+        **{key: meta[key] for key in ("frames", "warnings") if key in meta},  # e.g. "first frame of 3 used"
         **(extra or {}),
     }
     write_json(out_json, result)

@@ -6,13 +6,13 @@ Everything here is small and JSON-friendly: the DAG passes these values between 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
 from urllib.parse import quote
 
-from .errors import InputError
+from .errors import InputError, shown
+
 
 
 def run_key(run_id: str) -> str:
@@ -21,14 +21,20 @@ def run_key(run_id: str) -> str:
     return f"{safe[:80]}-{hashlib.sha1(run_id.encode()).hexdigest()[:6]}"
 
 
-def output_stems(paths: list[str]) -> list[str]:
-    """One output stem per input: the file name without extension, made unique with -2, -3, ..."""
+def output_stems(paths: list[str], taken=None) -> list[str]:
+    """One output stem per input: the file name without extension, made unique with -2, -3, ...
+
+    A stem is unique among the inputs (case-insensitively), and with ``taken`` also free in the
+    output folder: ``taken(stem, path)`` says whether the outputs named ``stem`` already belong to
+    something else than ``path`` (the CLI: a file that is not this input's own earlier output), and
+    then the next name is tried.
+    """
     used: set[str] = set()
     stems = []
     for path in paths:
         base = os.path.splitext(os.path.basename(path))[0] or "image"
         stem, n = base, 1
-        while stem.lower() in used:
+        while stem.lower() in used or (taken is not None and taken(stem, path)):
             n += 1
             stem = f"{base}-{n}"
         used.add(stem.lower())
@@ -42,31 +48,12 @@ def image_id_of(stem: str) -> str:
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files, folders and glob patterns -> the image paths they name (see ingest.find_images).
+    """Files, folders and glob patterns (local or ``hdfs://``) -> the image paths they name
+    (kmeans_ops.paths.expand). A pattern that matches nothing, or a path that does not exist,
+    raises InputError."""
+    from .paths import expand
 
-    Local paths, or ``hdfs://`` URIs (listed through WebHDFS; their images are downloaded when
-    ingested). A pattern that matches nothing, or a path that does not exist, raises InputError.
-    """
-    from .hdfs import is_hdfs
-    from .ingest import IMAGE_EXTENSIONS, find_images
-
-    expanded: list[str] = []
-    remote: list[str] = []
-    for item in inputs:
-        if is_hdfs(item):
-            from .hdfs import list_images
-
-            remote += list_images(item, IMAGE_EXTENSIONS)
-            continue
-        item = os.path.expanduser(item)
-        if any(ch in item for ch in "*?[") and not os.path.exists(item):
-            matches = sorted(glob.glob(item))
-            if not matches:
-                raise InputError(item, "the pattern matches no file")
-            expanded += matches
-        else:
-            expanded.append(item)
-    return (find_images(expanded) if expanded else []) + remote
+    return expand(inputs)
 
 
 def plan_images(paths: list[str]) -> list[dict]:
@@ -80,3 +67,56 @@ def plan_images(paths: list[str]) -> list[dict]:
 def batches(image_ids: list[str], size: int) -> list[list[str]]:
     """Images per MapReduce job: consecutive groups of at most ``size``."""
     return [image_ids[i : i + size] for i in range(0, len(image_ids), size)]
+
+
+def plan(conf: dict, run_id: str, dag_id: str) -> dict:
+    """Check a DAG run's params once and plan the run: its images, work area and output folder.
+
+    Every path param (``input`` items, ``init`` when it is a file, ``output``) is checked against
+    the allowed roots (kmeans_ops.paths) before anything is read, then every image the inputs name
+    (a folder's files, a pattern's matches) is checked again once resolved, so a symlink pointing
+    outside is refused. Raises ParamError (PathNotAllowed for a path outside), InputError for an
+    input that does not exist, SettingError for an unusable Variable; nothing is read or written
+    outside the roots and nothing is written at all.
+    """
+    from . import params as P
+    from . import settings
+    from .paths import AllowedRoots, resolve
+    from .publish import check_publishable, final_dir, staging_dir
+
+    roots = AllowedRoots.from_settings()
+    inputs = list(conf["input"])
+    for item in inputs:
+        roots.check("input", item)
+    output = roots.check("output", conf["output"])
+    init = conf["init"]
+    if init not in P.INIT_METHODS:
+        init = roots.check("init", init)
+    validated = P.validate(k=conf["k"], init=init, seed=conf["seed"], max_iter=conf["max_iterations"],
+                           delta=conf["delta"])
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError(", ".join(inputs), "no images found")
+    images = plan_images(paths)
+    key = run_key(run_id)
+    ours = [final_dir(output, key), staging_dir(output, key)]
+    for image in images:
+        image["path"] = roots.check("input", image["path"])  # read from here on: the checked real path
+        if any(image["path"].startswith(folder + os.sep) for folder in ours):
+            raise P.ParamError(f"output: {shown(output)} would replace the input {shown(image['path'])}; "
+                               f"choose another output folder")
+    try:
+        check_publishable(output, key)
+    except RuntimeError as err:
+        raise P.ParamError(f"output: {err}") from None
+    return {
+        "run_id": run_id,
+        "dag_id": dag_id,
+        "key": key,
+        "engine": conf["engine"],
+        "work": os.path.join(settings.work_root(), key),
+        "output": output,
+        "batch_size": conf["batch_size"],
+        "params": validated.to_json(),
+        "images": images,
+    }

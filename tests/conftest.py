@@ -26,6 +26,17 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["KMEANS_WORK_ROOT"] = os.path.join(os.environ["AIRFLOW_HOME"], "kmeans-work")
 os.environ["KMEANS_OUTPUT_ROOT"] = os.path.join(os.environ["AIRFLOW_HOME"], "kmeans-output")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def allowed_roots(tmp_path_factory):
+    """DAG params may name this session's temporary folders, its AIRFLOW_HOME and HDFS (the Airflow
+    Variable kmeans_allowed_roots, as an environment variable). Tests of the rule narrow it."""
+    import json
+
+    roots = [str(tmp_path_factory.getbasetemp()), os.environ["AIRFLOW_HOME"], "hdfs:///"]
+    os.environ["AIRFLOW_VAR_KMEANS_ALLOWED_ROOTS"] = json.dumps(roots)
+    return roots
+
 # name -> loader returning an RGB uint8 array
 PHOTOS = {
     "china": lambda: __import__("sklearn.datasets", fromlist=["x"]).load_sample_image("china.jpg"),

@@ -12,10 +12,9 @@
 - A failed job raises :class:`HadoopJobError` with the YARN application id, its tracking URL and the
   tail of the failing task's stderr (read from the JobHistory and NodeManager REST APIs).
 
-Settings (environment): HADOOP_HOME, HADOOP_CONF_DIR, HADOOP_DEV_DIR, KMEANS_HADOOP_FRAMEWORK
-("yarn", the default, or "local" for LocalJobRunner against the same HDFS), KMEANS_STREAMING_PYTHON
-(the interpreter the tasks run; default this one), KMEANS_HDFS_WORK_ROOT (default
-``/user/<login>/kmeans-work``), KMEANS_HADOOP_TIMEOUT (seconds per job, default 1800).
+Settings (kmeans_ops.settings): HADOOP_HOME, HADOOP_CONF_DIR, HADOOP_DEV_DIR, HADOOP_DEV_JARS,
+JAVA_HOME, KMEANS_HADOOP_FRAMEWORK ("yarn", the default, or "local" for LocalJobRunner against the
+same HDFS), KMEANS_STREAMING_PYTHON, KMEANS_HDFS_WORK_ROOT, KMEANS_HADOOP_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import sys
 import tempfile
 import zipfile
 
+from .. import settings
 from ..formats import format_clusters, parse_clusters
 from ..workarea import WorkArea
 
@@ -51,21 +51,11 @@ class HadoopJobError(RuntimeError):
     """A MapReduce job failed; the message has its application id, tracking URL and task stderr."""
 
 
-def dev_dir() -> str:
-    """The folder ``bin/hadoop-dev`` writes (jars, conf, logs)."""
-    home = os.environ.get("KMEANS_HOME") or os.path.dirname(PACKAGE_DIR)
-    return os.environ.get("HADOOP_DEV_DIR") or os.path.join(home, ".hadoop-dev")
-
-
-def conf_dir() -> str:
-    return os.environ.get("HADOOP_CONF_DIR") or os.path.join(dev_dir(), "conf")
-
-
 def conf_value(name: str, default: str | None = None) -> str | None:
     """A property from the client configuration's *-site.xml files."""
     import xml.etree.ElementTree as ET
 
-    for path in glob.glob(os.path.join(conf_dir(), "*-site.xml")):
+    for path in glob.glob(os.path.join(settings.hadoop_conf_dir(), "*-site.xml")):
         try:
             for prop in ET.parse(path).getroot().iter("property"):
                 if prop.findtext("name") == name:
@@ -77,22 +67,21 @@ def conf_value(name: str, default: str | None = None) -> str | None:
 
 def client_command() -> list[str]:
     """How to start Hadoop Streaming here (see the module docstring)."""
-    hadoop_home = os.environ.get("HADOOP_HOME")
+    hadoop_home = settings.hadoop_home()
     if hadoop_home and os.path.exists(os.path.join(hadoop_home, "bin", "hadoop")):
         jars = sorted(glob.glob(os.path.join(hadoop_home, "share", "hadoop", "tools", "lib", "hadoop-streaming-*.jar")))
         if not jars:
             raise HadoopJobError(f"no hadoop-streaming jar under {hadoop_home}/share/hadoop/tools/lib")
         return [os.path.join(hadoop_home, "bin", "hadoop"), "jar", jars[-1]]
-    jars = os.environ.get("HADOOP_DEV_JARS") or os.path.join(dev_dir(), "jars", "*")
+    jars = settings.hadoop_dev_jars()
     if not glob.glob(jars):
         raise HadoopJobError(
             "no Hadoop client found: set HADOOP_HOME to a Hadoop install, or run `bin/hadoop-dev up` "
             f"(looked for jars in {jars})"
         )
-    java_home = os.environ.get("JAVA_HOME") or os.path.dirname(os.path.dirname(os.path.realpath(
-        shutil.which("java") or "/usr/bin/java")))
-    java = os.path.join(java_home, "bin", "java")
-    return [java, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *JAVA_OPENS, "-cp", f"{conf_dir()}:{jars}",
+    java = os.path.join(settings.java_home(), "bin", "java")
+    return [java, "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *JAVA_OPENS, "-cp",
+            f"{settings.hadoop_conf_dir()}:{jars}",
             "org.apache.hadoop.streaming.HadoopStreaming"]
 
 
@@ -161,11 +150,9 @@ class HadoopEngine:
 
     def __init__(self, framework: str | None = None, python: str | None = None, timeout: float | None = None,
                  hdfs=None):
-        self.framework = framework or os.environ.get("KMEANS_HADOOP_FRAMEWORK", "yarn")
-        if self.framework not in ("yarn", "local"):
-            raise ValueError(f"KMEANS_HADOOP_FRAMEWORK must be 'yarn' or 'local', got {self.framework!r}")
-        self.python = python or os.environ.get("KMEANS_STREAMING_PYTHON") or sys.executable
-        self.timeout = float(timeout or os.environ.get("KMEANS_HADOOP_TIMEOUT", 1800))
+        self.framework = framework or settings.hadoop_framework()
+        self.python = python or settings.streaming_python()
+        self.timeout = float(timeout or settings.hadoop_timeout())
         self._hdfs = hdfs
         self._means: dict[tuple[str, str], list[float]] = {}
         self.last_job: dict = {}
@@ -181,7 +168,7 @@ class HadoopEngine:
 
     # ------------------------------------------------------------ work area on HDFS
     def work_root(self) -> str:
-        return os.environ.get("KMEANS_HDFS_WORK_ROOT") or posixpath.join(self.hdfs.home(), "kmeans-work")
+        return settings.hdfs_work_root() or posixpath.join(self.hdfs.home(), "kmeans-work")
 
     def stage(self, local: WorkArea, key: str) -> WorkArea:
         """Upload a run's local work area (written by ingest) to HDFS, atomically; returns it there."""
@@ -264,7 +251,7 @@ class HadoopEngine:
 
     def _submit(self, command: list[str], iteration: int, n_images: int) -> None:
         env = {**os.environ}
-        env.setdefault("HADOOP_CONF_DIR", conf_dir())
+        env.setdefault("HADOOP_CONF_DIR", settings.hadoop_conf_dir())
         log.info("submitting iteration %d (%d images): %s", iteration, n_images, " ".join(command[-14:]))
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout, env=env)

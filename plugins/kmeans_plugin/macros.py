@@ -6,10 +6,10 @@ import os
 
 
 def default_work_root() -> str:
-    """Where runs keep their work areas: $KMEANS_WORK_ROOT, else $AIRFLOW_HOME/kmeans-work."""
-    return os.environ.get("KMEANS_WORK_ROOT") or os.path.join(
-        os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "kmeans-work"
-    )
+    """Where runs keep their work areas (kmeans_ops.settings.work_root)."""
+    from kmeans_ops.settings import work_root
+
+    return work_root()
 
 
 def run_key(run_id: str) -> str:

@@ -1,0 +1,236 @@
+"""Every knob of the project in one place: limits, defaults, environment variables, Airflow Variables.
+
+Nothing else in the project reads ``os.environ`` for a setting or ``Variable.get``: it calls a
+function here. Values are read when asked for (not at import), so a changed environment (a test,
+an Airflow worker's settings) is seen at once.
+
+Environment (workers of Airflow, or the shell of the CLI):
+
+=========================== ============================================== ===========================
+variable                    meaning                                        default
+=========================== ============================================== ===========================
+KMEANS_HOME                 the project's own folder for data and results  $AIRFLOW_HOME, else ~/airflow
+KMEANS_DATA_ROOT            where users drop input images                  <home>/data
+KMEANS_OUTPUT_ROOT          where DAG runs publish                         <home>/kmeans-output
+KMEANS_WORK_ROOT            local work areas of DAG runs                   <home>/kmeans-work
+KMEANS_MAX_PIXELS           pixel budget per image (checked from header)   100000000
+KMEANS_ITERATION_BOUND      parse-time number of iteration steps (DAG)     30
+KMEANS_HADOOP_FRAMEWORK     ``yarn`` or ``local`` (LocalJobRunner)          yarn
+KMEANS_STREAMING_PYTHON     interpreter of the streaming tasks             this Python
+KMEANS_HDFS_WORK_ROOT       HDFS work areas                                /user/<login>/kmeans-work
+KMEANS_HADOOP_TIMEOUT       seconds a Hadoop job may take                  1800
+KMEANS_HDFS_RETRIES         retries of a transient HDFS error              4
+HADOOP_HOME                 a Hadoop install (its ``bin/hadoop jar``)      unset: the dev cluster's jars
+HADOOP_CONF_DIR             the cluster's client configuration             <dev dir>/conf
+HADOOP_DEV_DIR              what ``bin/hadoop-dev`` writes                 <checkout>/.hadoop-dev
+HADOOP_DEV_JARS             class path glob of the Hadoop jars             <dev dir>/jars/*
+JAVA_HOME                   the JDK of the Hadoop client                   from ``java`` on PATH
+=========================== ============================================== ===========================
+
+Airflow Variables (Admin -> Variables, or ``AIRFLOW_VAR_<NAME>``): ``kmeans_allowed_roots``,
+``kmeans_landing_roots``, ``kmeans_nightly_defaults``, ``kmeans_ledger_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+#: The checkout (the folder holding kmeans_ops/): bin/hadoop-dev writes .hadoop-dev/ here.
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ------------------------------------------------------------------ run parameters: limits, defaults
+DEFAULT_K = 16
+#: Largest K anywhere (CLI and DAG). The map kernel holds a (K x 16384) float64 block: 512 MB at 4096.
+MAX_K = 4096
+DEFAULT_DELTA = 1.0
+#: Upper bound on ``delta``. The seed used delta = 1e8, so every run "converged" after one step.
+#: A tolerance above an eighth of the channel range says "stop before you started", so it is refused.
+MAX_DELTA = 32.0
+DEFAULT_MAX_ITER = 30
+MAX_ITER = 1000
+INIT_METHODS = ("kmeans++", "random")
+DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1
+DEFAULT_BATCH_SIZE = 64
+MAX_BATCH_SIZE = 10000
+
+#: Pixel budget per image: ~21 bytes per pixel at peak (decoded image, codes, sort, output), so
+#: 100 MP stays near 2 GB; a 50 MP photo takes about 1 GB.
+DEFAULT_MAX_PIXELS = 100_000_000
+#: Nightly: a landed file is taken once its size and mtime have not changed for this long.
+DEFAULT_SETTLE_SECONDS = 300
+#: CLI: decoded images (and colour tables) up to this many bytes stay in memory between ingest and
+#: reconstruction instead of being decoded again.
+KEEP_BYTES = 512 << 20
+#: Nightly: files per triggered run (a bigger folder gives several runs) and runs per night.
+MAX_FILES_PER_RUN = 500
+MAX_RUNS_PER_NIGHT = 200
+
+# ------------------------------------------------------------------ Airflow Variables (names)
+VAR_ALLOWED_ROOTS = "kmeans_allowed_roots"
+VAR_LANDING_ROOTS = "kmeans_landing_roots"
+VAR_NIGHTLY_DEFAULTS = "kmeans_nightly_defaults"
+VAR_LEDGER = "kmeans_ledger_path"
+
+
+class SettingError(ValueError):
+    """A setting (environment variable or Airflow Variable) is unusable; the message names it."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """An environment variable; empty counts as unset."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingError(f"environment variable {name} must be >= {minimum}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------ folders
+def airflow_home() -> str:
+    return env("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+
+
+def home() -> str:
+    """The project's own folder for data, results and work areas (KMEANS_HOME, else AIRFLOW_HOME)."""
+    return os.path.abspath(os.path.expanduser(env("KMEANS_HOME") or airflow_home()))
+
+
+def data_root() -> str:
+    return os.path.abspath(os.path.expanduser(env("KMEANS_DATA_ROOT") or os.path.join(home(), "data")))
+
+
+def output_root() -> str:
+    return os.path.abspath(os.path.expanduser(env("KMEANS_OUTPUT_ROOT") or os.path.join(home(), "kmeans-output")))
+
+
+def work_root() -> str:
+    return os.path.abspath(os.path.expanduser(env("KMEANS_WORK_ROOT") or os.path.join(home(), "kmeans-work")))
+
+
+def max_pixels() -> int:
+    return env_int("KMEANS_MAX_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)
+
+
+def iteration_bound() -> int:
+    return max(DEFAULT_MAX_ITER, env_int("KMEANS_ITERATION_BOUND", DEFAULT_MAX_ITER, minimum=1))
+
+
+# ------------------------------------------------------------------ Hadoop and HDFS
+def hadoop_dev_dir() -> str:
+    return env("HADOOP_DEV_DIR") or os.path.join(PROJECT_DIR, ".hadoop-dev")
+
+
+def hadoop_conf_dir() -> str:
+    return env("HADOOP_CONF_DIR") or os.path.join(hadoop_dev_dir(), "conf")
+
+
+def hadoop_home() -> str | None:
+    return env("HADOOP_HOME")
+
+
+def hadoop_dev_jars() -> str:
+    return env("HADOOP_DEV_JARS") or os.path.join(hadoop_dev_dir(), "jars", "*")
+
+
+def java_home() -> str:
+    return env("JAVA_HOME") or os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("java") or "/usr/bin/java")))
+
+
+def hadoop_framework() -> str:
+    framework = env("KMEANS_HADOOP_FRAMEWORK", "yarn")
+    if framework not in ("yarn", "local"):
+        raise SettingError(f"KMEANS_HADOOP_FRAMEWORK must be 'yarn' or 'local', got {framework!r}")
+    return framework
+
+
+def streaming_python() -> str:
+    return env("KMEANS_STREAMING_PYTHON") or sys.executable
+
+
+def hadoop_timeout() -> float:
+    return float(env_int("KMEANS_HADOOP_TIMEOUT", 1800, minimum=1))
+
+
+def hdfs_work_root() -> str | None:
+    """KMEANS_HDFS_WORK_ROOT, or None: the engine then uses /user/<login>/kmeans-work."""
+    return env("KMEANS_HDFS_WORK_ROOT")
+
+
+def hdfs_retries() -> int:
+    return env_int("KMEANS_HDFS_RETRIES", 4)
+
+
+def webhdfs_dev_connection() -> str | None:
+    """The connection JSON of the dev cluster's WebHDFS when nothing else configures one and
+    ``bin/hadoop-dev up`` has written its configuration; else None."""
+    if env("AIRFLOW_CONN_WEBHDFS_DEFAULT") or not os.path.exists(os.path.join(hadoop_dev_dir(), "conf", "core-site.xml")):
+        return None
+    import getpass
+
+    return json.dumps({"conn_type": "webhdfs", "host": "127.0.0.1", "port": 9870, "login": getpass.getuser()})
+
+
+# ------------------------------------------------------------------ Airflow Variables
+def variable(name: str) -> str | None:
+    """An Airflow Variable's raw value, or None when unset. ``AIRFLOW_VAR_<NAME>`` is read first (as
+    Airflow itself does), so the CLI and tests see the same value without a metadata database."""
+    value = env(f"AIRFLOW_VAR_{name.upper()}")
+    if value is not None:
+        return value
+    try:
+        from airflow.sdk import Variable
+    except ImportError:  # no Airflow: only the environment
+        return None
+    try:
+        value = Variable.get(name, default=None)
+    except Exception:  # noqa: BLE001 - outside a task there is no API to ask: the variable is unset
+        return None
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def json_variable(name: str, expected: type, example: str):
+    """The Variable ``name`` parsed as JSON of type ``expected``, or None when it is not set."""
+    raw = variable(name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as err:
+        raise SettingError(f"Variable {name} is not valid JSON ({err.msg} at character {err.pos}); "
+                           f"expected e.g. {example}") from None
+    if not isinstance(value, expected):
+        raise SettingError(f"Variable {name} must be a JSON {expected.__name__}, e.g. {example}")
+    return value
+
+
+def allowed_roots() -> tuple[list[str], str]:
+    """The folders (local or ``hdfs://``) that DAG params and nightly configuration may name, and
+    where that list came from (for messages). Unset: the project's data and output folders."""
+    roots = json_variable(VAR_ALLOWED_ROOTS, list, '["/data/images", "hdfs://namenode:8020/landing"]')
+    if roots is None:
+        return [data_root(), output_root()], (
+            f"the default (Variable {VAR_ALLOWED_ROOTS} is not set: the project's data and output folders)")
+    for root in roots:
+        if not isinstance(root, str) or not (root.lower().startswith("hdfs://") or os.path.isabs(os.path.expanduser(root))):
+            raise SettingError(f"Variable {VAR_ALLOWED_ROOTS}: every entry must be an absolute folder or an "
+                               f"hdfs:// URL; entry {roots.index(root) + 1} is not")
+    return list(roots), f"Variable {VAR_ALLOWED_ROOTS}"
+
+
+def ledger_path() -> str:
+    raw = variable(VAR_LEDGER)
+    return os.path.abspath(os.path.expanduser(raw.strip() if raw else os.path.join(home(), "kmeans-ledger.json")))
