@@ -1,30 +1,60 @@
 """Command line: ``python -m kmeans_ops quantize INPUT... -k K --out DIR``.
 
-Exit status: 0 when every image was done, 1 when some failed (each named on stderr), 2 for a usage
-or parameter error, 3 when the engine failed (HDFS or a Hadoop job; nothing is written).
+Exit status: 0 when every image was done; 1 when some failed (each named on stderr); 2 for a usage
+or parameter error, or outputs that would replace an input (nothing is processed); 3 when the
+engine failed (HDFS or a Hadoop job; nothing is written) or a disk is full (work area or output
+folder); 128 + N when ended by signal N (130 for Ctrl+C, 143 for SIGTERM), the work folder removed.
+
+Safety rules (see README, "Command line"):
+
+- **No input is ever replaced.** When an output ``<out>/<stem>.png`` or ``.json`` is an input file
+  (same file after resolving symlinks), the run is refused before anything is processed.
+- **No foreign file is overwritten.** An output name already taken in the output folder by
+  something that is not this input's own earlier output (its ``<stem>.json`` names this input as
+  ``source``) makes the input take the next free name, ``<stem>-2``, ``<stem>-3``, ...; an earlier
+  output of the same input is replaced, so running a command again gives the same files.
+- **Clean ends.** The temporary work folder (``kmeans-work-*`` in TMPDIR, marked with its owner's
+  pid and start time) is removed at the end, on SIGTERM and on SIGINT; a later run removes the
+  folders of runs that were killed outright (their owner is gone), and only those.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import signal
+import stat
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 from . import params as P
-
-#: Decoded images (and colour tables) up to this many bytes stay in memory between ingest and
-#: reconstruction instead of being decoded again.
-KEEP_BYTES = 512 << 20
-from .errors import InputError
+from .errors import InputError, shown
+from .settings import KEEP_BYTES, MAX_BATCH_SIZE
+from .storage import StorageFull, is_full
 
 DESCRIPTION = """K-means colour quantisation: redraw each image with its K cluster colours.
 
 For each input image <stem>, writes DIR/<stem>.png (the image in K colours, alpha kept) and
-DIR/<stem>.json (k, iterations, converged, centroids_rgb, mse, psnr, history, ...)."""
+DIR/<stem>.json (k, iterations, converged, centroids_rgb, mse, psnr, history, ...). An input is
+never replaced (refused, exit 2); a name already used in DIR by another file gives <stem>-2, ...;
+this input's own earlier outputs are replaced.
+
+Exit status: 0 all done, 1 some images failed, 2 bad parameter or unusable output folder,
+3 engine failure or no space left, 130/143 interrupted (Ctrl+C/SIGTERM)."""
+
+#: Prefix of the temporary work folders; each holds MARKER naming the run that owns it.
+WORK_PREFIX = "kmeans-work-"
+MARKER = ".kmeans-work-owner.json"
+#: A marker is a few hundred bytes: a bigger file under that name is not ours.
+_MARKER_MAX_BYTES = 4096
+#: Largest ``<stem>.json`` read to see whether it is this input's own earlier output.
+_OWN_JSON_MAX_BYTES = 64 << 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a seed points.txt (any .txt) gives centroids and figures but no image")
     q.add_argument("-k", type=str, default=None,
                    help=f"number of colours (clusters), an integer >= 1 (default {P.DEFAULT_K}, or the "
-                        "number of centroids in the --init file); an image with fewer distinct colours "
-                        "keeps all of them")
+                        "number of centroids in the --init file, which must agree with -k when both are "
+                        "given); an image with fewer distinct colours keeps all of them")
     q.add_argument("--init", default="kmeans++",
                    help="initial centroids: 'kmeans++' (default, weighted by colour counts), 'random' "
                         "(uniform between the image's smallest and largest value, as the seed did) or "
@@ -54,14 +84,306 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'local' (default): in-process MapReduce on the local filesystem; "
                         "'hadoop': Hadoop Streaming jobs on YARN with data in HDFS")
     q.add_argument("--batch-size", default=64, help="images per MapReduce job (default 64)")
-    q.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    q.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created if missing); it may not be where an input would be replaced")
     q.add_argument("--work", metavar="DIR", default=None,
                    help="keep the work area (points, clusters, per-iteration figures) in DIR "
-                        "(default: a temporary folder, removed at the end)")
-    q.add_argument("-q", "--quiet", action="store_true", help="print errors and the summary only")
+                        "(default: a temporary folder in TMPDIR, removed at the end, also on Ctrl+C or SIGTERM)")
+    q.add_argument("-q", "--quiet", action="store_true", help="print errors, warnings and the summary only")
     s = sub.add_parser("samples", help="write sample photos (shipped by scikit-learn and scikit-image) to a folder")
     s.add_argument("folder", help="where to write them (created if missing)")
     return parser
+
+
+# ---------------------------------------------------------------------------------------- signals
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT, raised where the program was so that every ``finally`` runs.
+
+    A BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def status(self) -> int:
+        """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+@contextmanager
+def signals_as_exceptions(signums=(signal.SIGTERM, signal.SIGINT)):
+    """While inside, the first SIGTERM or SIGINT raises :class:`Interrupted` in the main thread;
+    a second one ends the process at once (the default action), for a user who will not wait.
+
+    A signal the process was started with ignored (``nohup``, a background job) stays ignored.
+    Outside the main thread (where Python cannot set handlers) nothing changes. The previous
+    handlers are put back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        for s in previous:
+            signal.signal(s, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    for signum in signums:
+        current = signal.getsignal(signum)
+        if current is signal.SIG_IGN:
+            continue
+        previous[signum] = signal.SIG_DFL if current is None else current
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+# ---------------------------------------------------------------------------------- work folders
+def _process(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks after boot) of process ``pid`` from /proc/<pid>/stat,
+    or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # the name (field 2) may hold spaces and ')'
+    return fields[0].decode("ascii", "replace"), int(fields[19])  # fields 3 and 22 of proc(5)
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _has_proc() -> bool:
+    return os.path.isdir("/proc/self")
+
+
+def owner_record(folder: str) -> dict:
+    """What a work folder's marker holds: this process (pid, start time, boot) and the folder's name."""
+    me = _process(os.getpid()) if _has_proc() else None
+    return {"owner": "kmeans_ops quantize", "pid": os.getpid(), "start": me[1] if me else None,
+            "boot": _boot_id(), "token": os.path.basename(folder), "created": time.time()}
+
+
+def make_work_folder() -> str:
+    """A new temporary work folder ``kmeans-work-*`` in TMPDIR, marked as this process's."""
+    from .storage import write_json
+
+    try:
+        folder = tempfile.mkdtemp(prefix=WORK_PREFIX)
+    except OSError as err:
+        if is_full(err):
+            raise StorageFull(tempfile.gettempdir(), err.errno) from None
+        raise
+    try:
+        write_json(os.path.join(folder, MARKER), owner_record(folder))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_marker(folder: str) -> dict | None:
+    """The owner record of a work folder made by :func:`make_work_folder` for this user, or None
+    when the folder is not one (no marker, a marker of another shape or user, a symlink, ...)."""
+    try:
+        folder_st = os.lstat(folder)
+        st = os.lstat(os.path.join(folder, MARKER))
+        if not (stat.S_ISDIR(folder_st.st_mode) and stat.S_ISREG(st.st_mode)) or st.st_size > _MARKER_MAX_BYTES:
+            return None
+        if hasattr(os, "getuid") and (folder_st.st_uid != os.getuid() or st.st_uid != os.getuid()):
+            return None
+        with open(os.path.join(folder, MARKER), encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("owner") != "kmeans_ops quantize":
+        return None
+    pid, start = record.get("pid"), record.get("start")
+    if type(pid) is not int or pid <= 0 or not (start is None or type(start) is int):
+        return None
+    if record.get("token") != os.path.basename(folder):  # a marker copied into another folder
+        return None
+    return record
+
+
+def owner_alive(record: dict) -> bool:
+    """Whether the run that wrote ``record`` is still running. A pid now used by another process
+    (its start time differs), a zombie, or a pid of an earlier boot counts as gone."""
+    boot = _boot_id()
+    if record.get("boot") and boot and record["boot"] != boot:
+        return False
+    pid = record["pid"]
+    if _has_proc() and record.get("start") is not None:
+        proc = _process(pid)
+        return proc is not None and proc[0] not in ("Z", "X") and proc[1] == record["start"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def sweep_leftovers(keep: tuple[str, ...] = ()) -> list[str]:
+    """Remove the work folders in TMPDIR left by runs killed outright (``kill -9``, a crash).
+
+    Only folders named ``kmeans-work-*`` holding this user's marker whose owner is gone; never a
+    folder without the marker, never one of a live run, never one of ``keep`` (a ``--work`` folder).
+    Returns the folders removed.
+    """
+    root = tempfile.gettempdir()
+    kept = {os.path.realpath(k) for k in keep}
+    removed = []
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(WORK_PREFIX)]
+    except OSError:
+        return removed
+    for entry in entries:
+        if os.path.realpath(entry.path) in kept or not entry.is_dir(follow_symlinks=False):
+            continue
+        record = read_marker(entry.path)
+        if record is None or owner_alive(record):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(entry.path)
+    return removed
+
+
+def _remove_tree(folder: str) -> None:
+    """shutil.rmtree that a first SIGTERM/SIGINT arriving meanwhile does not leave half done: the
+    removal is finished, then the interruption goes on (a second signal ends the process)."""
+    interrupted = None
+    for _ in range(2):
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            break
+        except Interrupted as err:
+            interrupted = err
+    if interrupted is not None:
+        raise interrupted
+
+
+class WorkFolder:
+    """The run's work area: the user's ``--work`` folder (kept), or a marked temporary folder that
+    is removed when the block ends, whichever way it ends (SIGTERM and SIGINT included)."""
+
+    def __init__(self, given: str | None):
+        self.given = given
+        self.path = os.path.abspath(given) if given else None
+
+    def __enter__(self) -> str:
+        if not self.given:
+            self.path = make_work_folder()
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if not self.given and self.path:
+            _remove_tree(self.path)
+
+    def parent(self) -> str:
+        """The folder to name when the work area is full: ``--work``, or the temporary folder."""
+        return self.path if self.given else os.path.dirname(self.path or os.path.join(tempfile.gettempdir(), "x"))
+
+
+# ------------------------------------------------------------------------------- output names
+def output_files(out: str, stem: str) -> tuple[str, str]:
+    """The image and the JSON figures an input with output stem ``stem`` gets in folder ``out``."""
+    return os.path.join(out, f"{stem}.png"), os.path.join(out, f"{stem}.json")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to (symlinks followed), or None if there is none."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def replaced_input(paths: list[str], stems: list[str], out: str) -> InputError | None:
+    """The refusal when an output would replace an input (the same file, through symlinks, hard
+    links or bind mounts alike), else None."""
+    from .paths import is_hdfs
+
+    inputs = {}
+    for path in paths:
+        if not is_hdfs(path):
+            inputs.setdefault(_file_id(path), path)
+    inputs.pop(None, None)
+    for stem in stems:
+        for output in output_files(out, stem):
+            victim = inputs.get(_file_id(output))
+            if victim is not None:
+                return InputError(victim, f"writing the results to {shown(out)} would replace this input "
+                                          f"(as {shown(os.path.basename(output))}); choose another --out "
+                                          f"(nothing was processed)")
+    return None
+
+
+def earlier_output_of(json_path: str, path: str) -> bool:
+    """Whether ``json_path`` is the figures file of an earlier run on input ``path`` (its
+    ``"source"`` is that input). Unreadable, oversized or other files are not."""
+    from .paths import is_hdfs
+
+    try:
+        st = os.lstat(json_path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _OWN_JSON_MAX_BYTES:
+            return False
+        with open(json_path, encoding="utf-8", errors="surrogateescape") as handle:
+            figures = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    source = figures.get("source") if isinstance(figures, dict) else None
+    if not isinstance(source, str):
+        return False
+    if is_hdfs(path) or is_hdfs(source):
+        return source == path
+    return os.path.realpath(source) == os.path.realpath(path)
+
+
+def name_taken(out: str, stem: str, path: str) -> bool:
+    """Whether the outputs named ``stem`` in ``out`` belong to something other than input ``path``:
+    either file exists and the JSON is not an earlier output of ``path`` (a folder is always taken)."""
+    image, figures = output_files(out, stem)
+    if not (os.path.lexists(image) or os.path.lexists(figures)):
+        return False
+    if os.path.isdir(image) or os.path.isdir(figures):
+        return True
+    return not earlier_output_of(figures, path)
+
+
+def plan_outputs(paths: list[str], out: str) -> list[str]:
+    """The output stem of each input, or InputError when an output would replace an input.
+
+    First the plain names (unique among the inputs) are checked: an output folder holding the
+    inputs is refused, not worked around. Then names taken by other files move on to -2, -3, ...
+    """
+    from .run import output_stems
+
+    refusal = replaced_input(paths, output_stems(paths), out)
+    stems = output_stems(paths, taken=lambda stem, path: name_taken(out, stem, path)) if refusal is None else []
+    refusal = refusal or replaced_input(paths, stems, out)
+    if refusal is not None:
+        raise refusal
+    return stems
 
 
 def _check_writable(folder: str) -> None:
@@ -70,52 +392,104 @@ def _check_writable(folder: str) -> None:
         probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as err:
+        if is_full(err):
+            raise StorageFull(os.path.abspath(folder), err.errno) from None
         raise InputError(folder, f"cannot write to the output folder ({err.strerror or err})") from None
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _as_storage_full(err: OSError, work: WorkFolder) -> StorageFull:
+    """A full-disk OSError as StorageFull, naming the folder of the file it was writing."""
+    if isinstance(err, StorageFull):
+        return err
+    if err.filename:
+        return StorageFull(os.path.dirname(os.path.abspath(os.fsdecode(err.filename))), err.errno)
+    return StorageFull(work.path or tempfile.gettempdir(), err.errno)
+
+
+def no_space_line(err: StorageFull, work: WorkFolder | None, out: str) -> str:
+    """The one line for a full disk: which folder, whether it is the work area or the output."""
+    if (work is None or work.path is None or not _inside(err.folder, work.path)) and _inside(err.folder, out):
+        return (f"error: {err.strerror} in {shown(os.path.abspath(out))} "
+                f"(output folder; free some space or choose another --out)")
+    where = work.parent() if work is not None else err.folder
+    return f"error: {err.strerror} in {shown(where)} (work area; set TMPDIR or --work to a folder with room)"
+
+
+# ------------------------------------------------------------------------------------ the run
 def quantize(args) -> int:
-    from .driver import print_progress, run_iterations
-    from .engines import get_engine
-    from .ingest import ingest
-    from .reconstruct import finish
-    from .run import expand_inputs, image_id_of, output_stems
-    from .workarea import WorkArea
-
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    try:
-        k = args.k
-        if k is None:
-            k = P.DEFAULT_K
-            if args.init not in P.INIT_METHODS and os.path.isfile(args.init):
-                from .formats import read_clusters
+    from .run import expand_inputs
 
-                k = len(read_clusters(args.init))
-        params = P.validate(k=k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta)
-        batch_size = P.integer("batch_size", args.batch_size, 1)
-        _check_writable(args.out)
+    try:
+        params = P.validate(k=args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta)
+        batch_size = P.integer("batch_size", args.batch_size, 1, MAX_BATCH_SIZE)
         paths = expand_inputs(args.inputs)
+        stems = plan_outputs(paths, args.out) if paths else []
+        _check_writable(args.out)
     except (P.ParamError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StorageFull as err:
+        print(no_space_line(err, None, args.out), file=sys.stderr)
+        return 3
     if not paths:
-        print(f"error: no images found in {', '.join(args.inputs)}", file=sys.stderr)
+        print(f"error: no images found in {', '.join(shown(i) for i in args.inputs)}", file=sys.stderr)
         return 2
+
+    from .engines import get_engine
 
     try:
         engine = get_engine(args.engine)
     except Exception as err:  # noqa: BLE001 - a missing Hadoop client or connection: say what
-        print(f"error: engine {args.engine}: {err}", file=sys.stderr)
+        print(f"error: engine {args.engine}: {shown(str(err))}", file=sys.stderr)
         return 2
-    work = args.work or tempfile.mkdtemp(prefix="kmeans-work-")
-    local = WorkArea(os.path.abspath(work))
+    for folder in sweep_leftovers(keep=(args.work,) if args.work else ()):
+        say(f"removed {shown(folder)}: the work folder of an earlier run that was killed")
+    work = WorkFolder(args.work)
+    try:
+        with work as root:
+            return _run(args, params, batch_size, engine, list(zip(paths, stems)), root, say)
+    except OSError as err:  # StorageFull from storage.py, or a full disk met by any other write
+        if not is_full(err):
+            raise
+        print(no_space_line(_as_storage_full(err, work), work, args.out), file=sys.stderr)
+        return 3
+    except Interrupted as err:
+        fate = f"the work folder {shown(work.path)} is kept (--work)" if args.work else "the work folder was removed"
+        print(f"interrupted: {err.name}; {fate}; outputs already written are complete", file=sys.stderr)
+        return err.status
+
+
+def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], work: str, say) -> int:
+    """Ingest, iterate and reconstruct every (input, output stem) of ``plan`` with work area ``work``.
+
+    A bad image fails alone (exit 1); StorageFull and Interrupted end the run (the caller says so).
+    """
+    from .driver import print_progress, run_iterations
+    from .ingest import ingest
+    from .reconstruct import finish
+    from .run import image_id_of
+    from .workarea import WorkArea
+
+    local = WorkArea(work)
     area = local
     failures: dict[str, str] = {}
     started = time.perf_counter()
     held = 0  # bytes of decoded images kept in memory for reconstruction (up to KEEP_BYTES)
     kept = {}
+
+    def failed(path: str, problem: str) -> None:
+        failures[path] = problem
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+
     try:
         ready = []  # (path, stem, image id)
-        for path, stem in zip(paths, output_stems(paths)):
+        for path, stem in plan:
             image_id = image_id_of(stem)
             try:
                 meta, image, table = ingest(path, image_id, local, params, keep=True)
@@ -127,10 +501,14 @@ def quantize(args) -> int:
                     held += size
                 del image, table
                 ready.append((path, stem, image_id))
-                say(f"read {path}: {meta['pixels']} pixels, {meta['distinct_colours']} distinct colours, k={meta['k']}")
-            except (InputError, MemoryError) as err:
-                failures[path] = str(err) if isinstance(err, InputError) else f"{path}: out of memory"
-                print(f"error: {failures[path]}", file=sys.stderr, flush=True)
+                say(f"read {shown(path)}: {meta['pixels']} pixels, {meta['distinct_colours']} distinct colours, "
+                    f"k={meta['k']}")
+                for text in meta.get("warnings", []):
+                    print(f"warning: {shown(path)}: {shown(text)}", file=sys.stderr, flush=True)
+            except InputError as err:
+                failed(path, str(err))
+            except MemoryError:
+                failed(path, f"{shown(path)}: out of memory")
         runs = {}
         try:
             if ready:
@@ -144,43 +522,52 @@ def quantize(args) -> int:
             return 3
         extra = {"params": params.to_json(), "engine": engine.name}
         for path, stem, image_id in ready:
+            out_image, out_json = output_files(args.out, stem)
+            had_image = os.path.lexists(out_image)
             try:
-                out_image = os.path.join(args.out, f"{stem}.png")
                 image, table = kept.pop(image_id, (None, None))
                 result = finish(engine.fetch(area, image_id, local.root), image_id, runs[image_id], out_image,
-                                os.path.join(args.out, f"{stem}.json"), extra, image=image, table=table)
+                                out_json, extra, image=image, table=table)
                 del image, table
                 psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f}"
                 state = "converged" if result["converged"] else "stopped at max_iter"
-                say(f"wrote {result['output'] or os.path.join(args.out, stem + '.json')}: k={result['k']}, "
+                say(f"wrote {shown(result['output'] or out_json)}: k={result['k']}, "
                     f"{result['iterations']} iterations ({state}), PSNR {psnr} dB")
-            except (InputError, OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching its results
-                failures[path] = str(err) if isinstance(err, InputError) else f"{path}: {err}"
-                print(f"error: {failures[path]}", file=sys.stderr, flush=True)
+            except StorageFull:
+                if not had_image and os.path.lexists(out_image):  # its JSON could not follow: no lone image
+                    os.unlink(out_image)
+                raise
+            except InputError as err:
+                failed(path, str(err))
+            except (OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching its results
+                failed(path, f"{shown(path)}: {shown(str(err))}")
     finally:
         if area is not local:
             try:
                 engine.discard(area)
             except RuntimeError as err:
-                print(f"warning: could not remove the work area {area.root}: {err}", file=sys.stderr)
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-    done = len(paths) - len(failures)
-    print(f"{done} of {len(paths)} image(s) done in {time.perf_counter() - started:.1f}s; results in "
-          f"{os.path.abspath(args.out)}" + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
+                print(f"warning: could not remove the work area {shown(area.root)}: {err}", file=sys.stderr)
+    done = len(plan) - len(failures)
+    print(f"{done} of {len(plan)} image(s) done in {time.perf_counter() - started:.1f}s; results in "
+          f"{shown(os.path.abspath(args.out))}" + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "quantize":
-        return quantize(args)
-    if args.command == "samples":
-        from .samples import write_samples
+    with signals_as_exceptions():
+        try:
+            if args.command == "quantize":
+                return quantize(args)
+            if args.command == "samples":
+                from .samples import write_samples
 
-        for path in write_samples(args.folder):
-            print(path)
-        return 0
+                for path in write_samples(args.folder):
+                    print(path)
+                return 0
+        except Interrupted as err:  # before or after the run's own handling (e.g. while starting up)
+            print(f"interrupted: {err.name}", file=sys.stderr)
+            return err.status
     return 2  # pragma: no cover
 
 

@@ -11,8 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 
 from .errors import shown
-from .settings import (DEFAULT_DELTA, DEFAULT_K, DEFAULT_MAX_ITER, INIT_METHODS, MAX_DELTA, MAX_ITER, MAX_K,  # noqa: F401
-                       MAX_SEED)
+from .settings import (DEFAULT_DELTA, DEFAULT_K, DEFAULT_MAX_ITER, INIT_METHODS, MAX_DELTA, MAX_INIT_FILE_BYTES,  # noqa: F401
+                       MAX_ITER, MAX_K, MAX_SEED)
 
 
 class ParamError(ValueError):
@@ -45,11 +45,6 @@ def integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ParamError(f"{name} must be {bound}, got {number}")
     return number
-
-
-#: Largest clusters file read as ``init`` (K is at most MAX_K lines of four numbers: about 330 kB
-#: with 17 significant digits; comments allowed). A bigger file is refused before it is read.
-MAX_INIT_FILE_BYTES = 16 << 20  # TODO(settings)
 
 
 def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, delta=DEFAULT_DELTA) -> Params:

@@ -54,6 +54,8 @@ MAX_ITER = 1000
 INIT_METHODS = ("kmeans++", "random")
 DEFAULT_SEED = 0
 MAX_SEED = 2**32 - 1
+#: Largest clusters file read as ``init`` (a K of 4096 takes about 300 kB).
+MAX_INIT_FILE_BYTES = 16 << 20
 DEFAULT_BATCH_SIZE = 64
 MAX_BATCH_SIZE = 10000
 
