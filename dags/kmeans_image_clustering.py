@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
 from kmeans_ops import settings
 from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator
@@ -13,7 +12,7 @@ from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator
 #: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
 ITERATION_BOUND = settings.iteration_bound()
 DEFAULT_OUTPUT = settings.output_root()
-STEPS = ("batches", "mapreduce", "converge", "exit")  # the tasks of one iteration group
+STEPS = ("mapreduce", "converge")  # the tasks of one iteration group
 RESULTS = Asset(name="kmeans_results", uri=f"file://{os.path.abspath(DEFAULT_OUTPUT)}")
 
 DOC = f"""
@@ -23,10 +22,11 @@ Redraws each image with its K cluster colours. Give one or more **input** folder
 patterns; each image's output PNG, its figures (JSON) and an HTML **report** are published together
 in `<output>/<run key>/` (and `<output>/latest`).
 
-Pipeline: `prepare` (check params, find images) -> `ingest` (one task per image: colour table,
-points and initial clusters files) -> `upload` (to the run's work area) -> `iteration_NN`: one
-MapReduce job per batch of images still moving, then `converge` goes on to the next iteration or
-exits -> `reconstruct` (one task per image) -> `publish` -> `cleanup`.
+Pipeline: `prepare` (check params and paths, find images) -> `ingest` (mapped over batches of
+images, each labelled with its images: colour table, points and initial clusters files) -> `upload`
+(to the run's work area) -> `iteration_NN`: `mapreduce`, one MapReduce job per batch of images still
+moving, then `converge` goes on to the next iteration or exits, skipping every later one ->
+`finals` -> `reconstruct` (mapped over batches) -> `publish` (**Report** link) -> `cleanup`.
 
 Up to {ITERATION_BOUND} iterations (parse-time bound); `max_iterations` stops earlier. A bad image
 is reported and the others go on; a run where every image fails is marked failed.
@@ -79,164 +79,137 @@ is reported and the others go on; a run where every image fails is marked failed
 )
 def kmeans_image_clustering():
     @task
-    def prepare(**context) -> dict:
-        """Validate the parameters once and list the images: the run's plan."""
+    def prepare(**context) -> list[list[dict]]:
+        """Validate the parameters and paths once and list the images: the run's plan (XCom
+        ``plan``); returns the images in batches, what ingest is mapped over."""
+        import time
+
         from airflow.sdk.exceptions import AirflowFailException
 
         from kmeans_ops.errors import InputError
         from kmeans_ops.params import ParamError
-        from kmeans_ops.run import plan
+        from kmeans_ops.run import plan, task_batches
         from kmeans_ops.settings import SettingError
 
         try:
-            return plan(dict(context["params"]), context["run_id"], context["dag"].dag_id)
+            run = plan(dict(context["params"]), context["run_id"], context["dag"].dag_id)
         except (ParamError, InputError, SettingError) as err:
             raise AirflowFailException(str(err)) from None
+        images = run.pop("images")
+        context["ti"].xcom_push(key="plan", value={**run, "timeline": [["prepare", time.time()]]})
+        return task_batches(images)
 
-    @task
-    def images_of(run: dict) -> list[dict]:
-        return run["images"]
+    @task(map_index_template="{{ batch_label }}")
+    def ingest(batch: list[dict], run: dict) -> list[dict]:
+        """Colour tables, points files and initial clusters of a batch of images (a bad image is
+        reported, the others go on)."""
+        import logging
 
-    @task(map_index_template="{{ image_name }}")
-    def ingest(image: dict, run: dict) -> dict:
-        """Colour table, points file and initial clusters of one image (a bad image is reported)."""
         from airflow.sdk import get_current_context
 
-        from kmeans_ops import ingest as stage
-        from kmeans_ops.errors import InputError
+        from kmeans_ops.ingest import ingest_batch
         from kmeans_ops.params import Params
+        from kmeans_ops.run import batch_label
         from kmeans_ops.workarea import WorkArea
 
-        get_current_context()["image_name"] = image["stem"]
-        try:
-            meta = stage.ingest(image["path"], image["image_id"], WorkArea(run["work"]), Params(**run["params"]))
-        except (InputError, MemoryError) as err:
-            message = str(err) if isinstance(err, InputError) else f"{image['path']}: out of memory"
-            import logging
-
-            logging.getLogger(__name__).error("skipping image: %s", message)
-            return {**image, "ok": False, "stage": "ingest", "source": image["path"], "error": message}
-        return {**image, "ok": True, "k": meta["k"], "pixels": meta["pixels"], "distinct_colours": meta["distinct_colours"]}
+        get_current_context()["batch_label"] = batch_label([image["stem"] for image in batch])
+        return ingest_batch(batch, WorkArea(run["work"]), Params(**run["params"]), logging.getLogger(__name__))
 
     @task
-    def upload(run: dict, ingested: list[dict]) -> dict:
-        """Put the run's work area where the engine reads it; fail the run if no image is usable."""
+    def upload(run: dict, ingested: list[list[dict]], **context) -> list[list[str]]:
+        """Put the run's work area where the engine reads it; fail the run if no image is usable.
+        Pushes the plan that travels along the iterations (XCom ``plan``); returns the first
+        iteration's batches."""
+        import time
+
         from airflow.sdk.exceptions import AirflowFailException
 
-        ingested = list(ingested)
+        from kmeans_ops.engines import get_engine
+        from kmeans_ops.run import batches
+        from kmeans_ops.workarea import WorkArea
+
+        ingested = [r for batch in ingested for r in batch]
         good = [r for r in ingested if r["ok"]]
         failures = [{k: r[k] for k in ("source", "error", "stage")} for r in ingested if not r["ok"]]
         if not good:
-            reasons = "; ".join(f["error"] for f in failures)
-            raise AirflowFailException(f"all {len(ingested)} image(s) failed: {reasons}")
-        from kmeans_ops.engines import get_engine
-        from kmeans_ops.workarea import WorkArea
-
+            raise AirflowFailException(f"all {len(ingested)} image(s) failed: " + "; ".join(f["error"] for f in failures))
         area = get_engine(run["engine"]).stage(WorkArea(run["work"]), run["key"])
-        return {**run, "work": area.root, "local_work": run["work"],
-                "images": {r["image_id"]: r["stem"] for r in good}, "failures": failures}
+        context["ti"].xcom_push(key="plan", value={
+            **run, "work": area.root, "local_work": run["work"], "images": {r["image_id"]: r["stem"] for r in good},
+            "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]]})
+        return batches([r["image_id"] for r in good], run["batch_size"])
 
-    @task
-    def first_batches(run: dict) -> list[list[str]]:
-        from kmeans_ops.run import batches
+    images = prepare()
+    step = upload(images["plan"], ingest.partial(run=images["plan"]).expand(batch=images))
 
-        return batches(list(run["images"]), run["batch_size"])
-
-    @task
-    def next_batches(run: dict, figures: list[dict]) -> list[list[str]]:
-        """The images of the previous iteration that have not converged, in batches."""
-        from kmeans_ops.run import batches
-
-        moving = [image_id for job in figures for image_id, f in job.items() if not f["converged"]]
-        return batches(moving, run["batch_size"])
-
-    run = prepare()
-    ingested = ingest.partial(run=run).expand(image=images_of(run))
-    uploaded = upload(run, ingested)
-
-    exits = []
-    previous = None
+    # The iterations: an unrolled chain. Each converge passes the plan and the batches still moving
+    # to the next iteration (no edge from upload to every iteration, no join), and on exit skips
+    # every later iteration at once; finals follows the chain's end (trigger rule none_failed).
     for i in range(1, ITERATION_BOUND + 1):
-        with TaskGroup(group_id=f"iteration_{i:02d}"):
-            if previous is None:
-                jobs = first_batches.override(task_id="batches")(uploaded)
-            else:
-                previous_converge, previous_figures = previous
-                jobs = next_batches.override(task_id="batches")(uploaded, previous_figures)
-                previous_converge >> jobs
+        with TaskGroup(group_id=f"iteration_{i:02d}", tooltip=f"K-means iteration {i}: map, combine, reduce"):
             mapreduce = KMeansIterationOperator.partial(
-                task_id="mapreduce", plan=uploaded, iteration=i, retries=2, retry_delay=timedelta(seconds=10)).expand(batch=jobs)
-            figures = mapreduce.output
+                task_id="mapreduce", plan=step["plan"], iteration=i, retries=2, retry_delay=timedelta(seconds=10),
+                map_index_template="{{ batch_label }}",
+            ).expand(batch=step)
             later = [f"iteration_{j:02d}.{name}" for j in range(i + 1, ITERATION_BOUND + 1) for name in STEPS]
-            decision = ConvergenceOperator(
-                task_id="converge", plan=uploaded, figures=figures, iteration=i, bound=ITERATION_BOUND,
-                skip_on_continue=[f"iteration_{i:02d}.exit"], skip_on_exit=later,
-            )
-            mapreduce >> decision
-            exit_ = EmptyOperator(task_id="exit")
-            decision >> exit_
-            exits.append(exit_)
-            previous = (decision, figures)
+            step = ConvergenceOperator(task_id="converge", plan_from=step.operator.task_id, figures=mapreduce.output,
+                                       iteration=i, bound=ITERATION_BOUND, skip_on_exit=later).output
 
-    # Joins whichever iteration exited; the others are skipped, which must not skip what follows.
-    converged = EmptyOperator(task_id="converged", trigger_rule="none_failed_min_one_success")
-    exits >> converged
+    @task(trigger_rule="none_failed")
+    def finals(**context) -> list[list[dict]]:
+        """Each image's last iteration and whether it converged, in batches: what reconstruct is
+        mapped over. Pushes the plan (XCom ``plan``) from the iteration that exited."""
+        import time
 
-    @task
-    def finals(run: dict, **context) -> list[dict]:
-        """Each image's last iteration and whether it converged (from the iterations' results)."""
+        from kmeans_ops.run import task_batches
+
         ti = context["ti"]
-        state: dict[str, dict] = {}
+        plan, state = None, {}
         for i in range(1, ITERATION_BOUND + 1):
-            pulled = ti.xcom_pull(task_ids=f"iteration_{i:02d}.mapreduce")  # every map index
-            if pulled is None:
-                continue
-            jobs = pulled if isinstance(pulled, list) else [pulled]
-            for job in jobs:
+            group = f"iteration_{i:02d}"
+            step_plan = ti.xcom_pull(task_ids=f"{group}.converge", key="plan")
+            if step_plan is None:
+                break  # this iteration and the later ones were skipped: the previous one exited
+            plan = step_plan
+            pulled = ti.xcom_pull(task_ids=f"{group}.mapreduce")  # every map index
+            for job in (pulled if isinstance(pulled, list) else [pulled]):
                 for image_id, f in (job or {}).items():
                     state[image_id] = {"iterations": f["iteration"], "converged": f["converged"]}
-        return [{"image_id": image_id, "stem": stem, **state[image_id]} for image_id, stem in run["images"].items()]
+        images = [{"image_id": image_id, "stem": stem, **state[image_id]} for image_id, stem in plan["images"].items()]
+        ti.xcom_push(key="plan", value={**plan, "timeline": plan["timeline"] + [["iterations", time.time()]]})
+        return task_batches(images)
 
-    @task(map_index_template="{{ image_name }}")
-    def reconstruct(image: dict, run: dict) -> dict:
-        """The image in its K colours and its figures, into the run's staging folder."""
-        import time
+    @task(map_index_template="{{ batch_label }}")
+    def reconstruct(batch: list[dict], run: dict) -> list[dict]:
+        """A batch of images in their K colours, with their figures, into the run's staging folder."""
+        import logging
 
         from airflow.sdk import get_current_context
 
         from kmeans_ops.engines import get_engine
-        from kmeans_ops.errors import InputError
-        from kmeans_ops.publish import staging_dir
-        from kmeans_ops.reconstruct import finish
+        from kmeans_ops.publish import final_dir, staging_dir
+        from kmeans_ops.reconstruct import reconstruct_batch
+        from kmeans_ops.run import batch_label
         from kmeans_ops.workarea import WorkArea
 
-        get_current_context()["image_name"] = image["stem"]
-        started = time.perf_counter()
-        staging = staging_dir(run["output"], run["key"])
-        try:
-            area = get_engine(run["engine"]).fetch(WorkArea(run["work"]), image["image_id"], run["local_work"])
-            result = finish(area, image["image_id"], image,
-                            os.path.join(staging, image["stem"] + ".png"), os.path.join(staging, image["stem"] + ".json"),
-                            extra={"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]})
-        except (InputError, OSError) as err:
-            import logging
-
-            logging.getLogger(__name__).error("reconstruction failed: %s", err)
-            return {"ok": False, "stage": "reconstruct", "source": image["stem"], "error": str(err)}
-        return {"ok": True, "stem": image["stem"], "json": os.path.join(staging, image["stem"] + ".json"),
-                "seconds": time.perf_counter() - started, "psnr": result["psnr"], "k": result["k"]}
+        get_current_context()["batch_label"] = batch_label([image["stem"] for image in batch])
+        engine = get_engine(run["engine"])
+        return reconstruct_batch(
+            batch, lambda image_id: engine.fetch(WorkArea(run["work"]), image_id, run["local_work"]),
+            staging_dir(run["output"], run["key"]), final_dir(run["output"], run["key"]),
+            {"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]}, logging.getLogger(__name__))
 
     @task(outlets=[RESULTS])
-    def publish(run: dict, reconstructed: list[dict], **context) -> str:
+    def publish(run: dict, reconstructed: list[list[dict]], **context) -> str:
         """Report, summary and images published together into <output>/<run key>/."""
         import json
+        import time
 
         from airflow.sdk.exceptions import AirflowFailException
 
         from kmeans_ops.publish import PublishError, final_dir, publish as publish_run, staging_dir
-        from kmeans_plugin.links import OUTPUTS_KEY
 
-        reconstructed = list(reconstructed)
+        reconstructed = [r for batch in reconstructed for r in batch]
         failures = list(run["failures"]) + [r for r in reconstructed if not r["ok"]]
         final = final_dir(run["output"], run["key"])
         if not os.path.isdir(staging_dir(run["output"], run["key"])) and os.path.isdir(final):
@@ -245,15 +218,20 @@ def kmeans_image_clustering():
             results = []
             for r in reconstructed:
                 if r["ok"]:
-                    result = json.load(open(r["json"], encoding="utf-8"))
+                    with open(r["json"], encoding="utf-8") as handle:
+                        result = json.load(handle)
                     result["seconds"] = r["seconds"]
                     results.append(result)
-            info = {k: run[k] for k in ("run_id", "dag_id", "engine", "params", "output")}
+            marks = run["timeline"] + [["reconstruct", time.time()]]
+            started = context["dag_run"].start_date
+            info = {**{k: run[k] for k in ("run_id", "dag_id", "engine", "params", "output")},
+                    "wall_seconds": time.time() - started.timestamp() if started else None,
+                    "stages": ([["prepare", marks[0][1] - started.timestamp()]] if started else [])
+                    + [[name, end - start] for (_, start), (name, end) in zip(marks, marks[1:])]}
             try:
                 publish_run(run["output"], run["key"], results, failures, info)
             except PublishError as err:
                 raise AirflowFailException(str(err)) from None
-        context["ti"].xcom_push(key=OUTPUTS_KEY, value=f"file://{final}/report.html")
         context["outlet_events"][RESULTS].extra = {"folder": final, "run_id": run["run_id"]}
         for f in failures:
             print(f"failed: {f['error']}")
@@ -273,10 +251,10 @@ def kmeans_image_clustering():
         get_engine(run["engine"]).discard(WorkArea(run["work"]))
         shutil.rmtree(run["local_work"], ignore_errors=True)
 
-    last = finals(uploaded)
-    converged >> last
-    published = publish(uploaded, reconstruct.partial(run=uploaded).expand(image=last))
-    published >> cleanup(uploaded)
+    last = finals()
+    step >> last
+    published = publish(last["plan"], reconstruct.partial(run=last["plan"]).expand(batch=last))
+    published >> cleanup(last["plan"])
 
 
 kmeans_image_clustering()

@@ -5,23 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, TriggerRule, dag, task
+from kmeans_ops import settings
 
 TARGET_DAG_ID = "kmeans_image_clustering"
 #: The params of kmeans_image_clustering a default may set ("input" is filled in by the scan).
 #: tests/test_nightly.py checks this list against the DAG itself.
 TARGET_PARAMS = ("k", "max_iterations", "delta", "init", "seed", "engine", "output", "batch_size")
-#: Files per triggered run: a bigger folder is split into several runs (each image is one mapped
-#: ingest task of the triggered run, and [core] max_map_length defaults to 1024).
-MAX_FILES_PER_RUN = 500
-#: Runs triggered per night (one mapped trigger task each); the rest is found again the next night.
-MAX_RUNS_PER_NIGHT = 200
-
-VAR_ROOTS = "kmeans_landing_roots"
-VAR_DEFAULTS = "kmeans_nightly_defaults"
-VAR_LEDGER = "kmeans_ledger_path"
+#: Keys of the defaults Variable that this DAG consumes itself: never forwarded to the triggered runs.
+NIGHTLY_KEYS = ("settle_seconds",)
 
 DOC = f"""
 ### Nightly K-means of newly landed images
@@ -29,75 +24,76 @@ DOC = f"""
 Every night, looks under the **landing roots** for images (JPEG, PNG, BMP, TIFF, WebP; recursively,
 hidden files and folders skipped) whose content was never processed, and triggers
 `{TARGET_DAG_ID}` for them: **one run per folder**, its new files listed in the run's `input`
-(files of that folder processed before are not redone; a folder of more than {MAX_FILES_PER_RUN}
-new files gives several runs; at most {MAX_RUNS_PER_NIGHT} runs a night, the rest the next night).
+(files of that folder processed before are not redone; a folder of more than {settings.MAX_FILES_PER_RUN}
+new files gives several runs; at most {settings.MAX_RUNS_PER_NIGHT} runs a night, the rest the next night).
 The triggered runs are not waited for (they queue until `{TARGET_DAG_ID}` is unpaused).
+
+Only **settled** files are taken: last modified at least `settle_seconds` ago (default
+{settings.DEFAULT_SETTLE_SECONDS}) and unchanged (size and modification time) while being hashed. A file
+still being written is logged as "not settled", neither triggered nor recorded, and taken by a
+later run once it has settled.
 
 A **ledger** (JSON) keyed by the SHA-256 of each file's content remembers what was triggered: a
 renamed or copied file is not redone, a changed file (same name, new content) is. Files are
 recorded only once their run exists, so a failed trigger is retried the next night.
 
-Tasks: `scan` (find, hash, compare with the ledger, plan the runs) -> `trigger` (one mapped
-TriggerDagRunOperator per planned run; skipped when nothing is new) -> `record` (ledger).
+Tasks: `scan` (find the settled files, hash, compare with the ledger, plan the runs) -> `trigger`
+(one mapped TriggerDagRunOperator per planned run; skipped when nothing is new) -> `record` (ledger).
 
 **Configuration**, all optional (Admin -> Variables; or `AIRFLOW_VAR_<NAME>` environment variables):
 
 | Variable | Value | Default |
 |---|---|---|
-| `{VAR_ROOTS}` | JSON list of local folders or `hdfs://` folders (read through WebHDFS), e.g. `["/data/landing", "hdfs://namenode:8020/landing"]` | none: the run logs "no landing roots configured" and triggers nothing |
-| `{VAR_DEFAULTS}` | JSON object merged into each triggered run's conf, e.g. `{{"k": 16, "engine": "local", "output": "/data/out"}}`; allowed keys: {", ".join(f"`{p}`" for p in TARGET_PARAMS)} (others fail the run, named) | the params' own defaults |
-| `{VAR_LEDGER}` | path of the ledger JSON file | `$AIRFLOW_HOME/kmeans-ledger.json` |
+| `{settings.VAR_LANDING_ROOTS}` | JSON list of local folders or `hdfs://` folders (read through WebHDFS), e.g. `["/data/landing", "hdfs://namenode:8020/landing"]` | none: the run logs "no landing roots configured" and triggers nothing |
+| `{settings.VAR_NIGHTLY_DEFAULTS}` | JSON object, e.g. `{{"k": 16, "engine": "local", "output": "/data/out", "settle_seconds": 600}}`: its keys {", ".join(f"`{p}`" for p in TARGET_PARAMS)} are merged into each triggered run's conf; `settle_seconds` is this DAG's own (not forwarded); other keys fail the run, named | the params' own defaults |
+| `{settings.VAR_LEDGER}` | path of the ledger JSON file | `kmeans-ledger.json` in `$KMEANS_HOME`, else `$AIRFLOW_HOME` |
 
-**Params** of a manual run: `landing_roots` (replaces the Variable when not empty) and `dry_run`
-(list what would be triggered; trigger nothing, record nothing).
+**Params** of a manual run: `landing_roots` (replaces the Variable when not empty), `settle_seconds`
+(empty: the Variable's `settle_seconds`, else {settings.DEFAULT_SETTLE_SECONDS}) and `dry_run` (list what would
+be triggered; trigger nothing, record nothing).
 """
 
 
-def _variable(name: str, default=None):
-    from airflow.sdk import Variable
-
-    return Variable.get(name, default=default)
-
-
-def _json_variable(name: str, expected: type, example: str):
-    """The Variable ``name`` parsed as JSON of type ``expected``, or None when it is not set."""
-    import json
-
+@contextmanager
+def failing_on(*errors: type[Exception]):
+    """Turn ``errors`` (a setting or the ledger is unusable: retrying cannot help) into an
+    AirflowFailException with the same one-line message, which names the Variable or the file."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    raw = _variable(name)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
     try:
-        value = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError as err:
-        raise AirflowFailException(f"Variable {name} is not valid JSON ({err}); expected e.g. {example}") from None
-    if not isinstance(value, expected):
-        raise AirflowFailException(f"Variable {name} must be a JSON {expected.__name__}, e.g. {example}; got {raw!r}")
-    return value
-
-
-def _ledger_path() -> str:
-    path = _variable(VAR_LEDGER)
-    if path and path.strip():
-        return os.path.abspath(os.path.expanduser(path.strip()))
-    return os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "kmeans-ledger.json")
-
-
-def _target_output_default() -> str:
-    """kmeans_image_clustering's default output folder (same rule as that DAG file)."""
-    return os.environ.get("KMEANS_OUTPUT_ROOT") or os.path.join(
-        os.environ.get("KMEANS_HOME", os.environ.get("AIRFLOW_HOME", os.path.expanduser("~"))), "kmeans-output"
-    )
+        yield
+    except errors as err:
+        raise AirflowFailException(str(err)) from None
 
 
 def check_defaults(defaults: dict) -> None:
-    """ValueError naming the keys of ``defaults`` that are not params of kmeans_image_clustering."""
-    unknown = sorted(set(defaults) - set(TARGET_PARAMS))
+    """settings.SettingError (a ValueError) naming the keys of ``defaults`` that are neither params
+    of kmeans_image_clustering nor this DAG's own (NIGHTLY_KEYS)."""
+    allowed = (*TARGET_PARAMS, *NIGHTLY_KEYS)
+    unknown = sorted(set(defaults) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"Variable {VAR_DEFAULTS}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TARGET_PARAMS)}"
-        )
+        raise settings.SettingError(f"Variable {settings.VAR_NIGHTLY_DEFAULTS}: unknown key(s) "
+                                    f"{', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def target_conf(defaults: dict) -> dict:
+    """The part of the defaults Variable forwarded to each triggered run (its params only)."""
+    return {key: value for key, value in defaults.items() if key in TARGET_PARAMS}
+
+
+def settle_seconds(param, defaults: dict) -> tuple[int, str]:
+    """The run's settling time in seconds, and where it came from: the run's param when given (not
+    null), else the defaults Variable's ``settle_seconds``, else settings.DEFAULT_SETTLE_SECONDS.
+    settings.SettingError naming the Variable when its value is not an integer >= 0."""
+    if param is not None:
+        return int(param), "the run's param"
+    value = defaults.get("settle_seconds")
+    if value is None:
+        return settings.DEFAULT_SETTLE_SECONDS, "the default"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise settings.SettingError(f"Variable {settings.VAR_NIGHTLY_DEFAULTS}: settle_seconds must be an "
+                                    f"integer >= 0 (seconds)")
+    return value, f"Variable {settings.VAR_NIGHTLY_DEFAULTS}"
 
 
 def trigger_run_id(nightly_run_id: str, folder: str, digests: list[str]) -> str:
@@ -123,7 +119,15 @@ def _trigger_kwargs(plan: dict) -> dict:
     params={
         "landing_roots": Param(
             [], type="array", items={"type": "string", "minLength": 1}, title="Landing roots",
-            description_md=f"Folders to scan, one per line; empty: the Variable `{VAR_ROOTS}`.",
+            description_md=f"Folders to scan, one per line; empty: the Variable `{settings.VAR_LANDING_ROOTS}`.",
+        ),
+        "settle_seconds": Param(
+            None, type=["null", "integer"], minimum=0, title="Settle time (seconds)",
+            description=f"A landed file is taken only once its size and modification time have not changed "
+                        f"for this many seconds (an integer >= 0; 0: as soon as it does not change while being "
+                        f"hashed); a file not settled yet is left for a later run. Empty: the settle_seconds "
+                        f"key of the Variable {settings.VAR_NIGHTLY_DEFAULTS}, else "
+                        f"{settings.DEFAULT_SETTLE_SECONDS}.",
         ),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="List what would be triggered; trigger nothing, record nothing."),
@@ -138,50 +142,53 @@ def kmeans_nightly():
         from airflow.sdk.exceptions import AirflowFailException
 
         from kmeans_ops import ledger as L
+        from kmeans_ops.params import INIT_METHODS, ParamError
+        from kmeans_ops.paths import AllowedRoots
 
         log = logging.getLogger(__name__)
         params = context["params"]
-        roots = list(params.get("landing_roots") or [])
-        if roots:
-            log.info("landing roots from the run's params: %s", roots)
-        else:
-            roots = _json_variable(VAR_ROOTS, list, '["/data/landing"]') or []
-        if not all(isinstance(r, str) and r.strip() for r in roots):
-            raise AirflowFailException(f"landing roots must be non-empty strings, got {roots!r}")
-        if not roots:
-            log.info("no landing roots configured (Variable %s): nothing to do", VAR_ROOTS)
-            return []
-
-        defaults = _json_variable(VAR_DEFAULTS, dict, '{"k": 16, "engine": "local"}') or {}
-        try:
+        with failing_on(settings.SettingError, L.LedgerError, ParamError):
+            roots, roots_from = list(params.get("landing_roots") or []), "the run's param landing_roots"
+            if roots:
+                log.info("landing roots from the run's params: %s", roots)
+            else:
+                roots = settings.json_variable(settings.VAR_LANDING_ROOTS, list, '["/data/landing"]') or []
+                roots_from = f"Variable {settings.VAR_LANDING_ROOTS}"
+            if not all(isinstance(r, str) and r.strip() for r in roots):
+                raise AirflowFailException(f"landing roots ({roots_from}): every entry must be a non-empty string")
+            if not roots:
+                log.info("no landing roots configured (Variable %s): nothing to do", settings.VAR_LANDING_ROOTS)
+                return []
+            defaults = settings.json_variable(settings.VAR_NIGHTLY_DEFAULTS, dict,
+                                              '{"k": 16, "engine": "local", "settle_seconds": 300}') or {}
             check_defaults(defaults)
-        except ValueError as err:
-            raise AirflowFailException(str(err)) from None
-
-        from kmeans_plugin.macros import default_work_root
-
-        output = defaults.get("output") or _target_output_default()
-        try:
-            ledger = L.Ledger.load(_ledger_path())
-            found = L.scan(roots, exclude=[output, default_work_root()])
-        except (L.LedgerError, NotImplementedError) as err:
-            raise AirflowFailException(str(err)) from None
+            settle, settle_from = settle_seconds(params.get("settle_seconds"), defaults)
+            log.info("settle_seconds %d (from %s)", settle, settle_from)
+            allowed = AllowedRoots.from_settings()
+            for root in roots:  # nothing is listed unless every root is allowed
+                allowed.check(f"landing root ({roots_from})", root)
+            for key in ("output", "init"):  # the triggered runs check them again at prepare
+                if isinstance(defaults.get(key), str) and defaults[key] not in INIT_METHODS:
+                    allowed.check(f"{key} (Variable {settings.VAR_NIGHTLY_DEFAULTS})", defaults[key])
+            ledger = L.Ledger.load(settings.ledger_path())
+            exclude = [defaults.get("output") or settings.output_root(), settings.work_root()]
+            found = L.scan(roots, exclude=exclude, settle_seconds=settle, allowed=allowed)
         new = L.new_files(found, ledger)
-        log.info("%d image(s) under %s, %d new (ledger %s: %d known)", len(found), roots, len(new),
+        log.info("%d settled image(s) under %s, %d new (ledger %s: %d known)", len(found), roots, len(new),
                  ledger.path, len(ledger))
 
         plans = []
-        for group in L.group_by_folder(new, MAX_FILES_PER_RUN):
+        for group in L.group_by_folder(new, settings.MAX_FILES_PER_RUN):
             files = [{k: f[k] for k in ("path", "digest", "size")} for f in group["files"]]
             plans.append({
                 "trigger_run_id": trigger_run_id(context["run_id"], group["folder"], [f["digest"] for f in files]),
-                "conf": {**defaults, "input": [f["path"] for f in files]},
+                "conf": {**target_conf(defaults), "input": [f["path"] for f in files]},
                 "files": files,
             })
-        if len(plans) > MAX_RUNS_PER_NIGHT:
+        if len(plans) > settings.MAX_RUNS_PER_NIGHT:
             log.warning("%d runs planned, triggering the first %d; the rest is found again next night",
-                        len(plans), MAX_RUNS_PER_NIGHT)
-            plans = plans[:MAX_RUNS_PER_NIGHT]
+                        len(plans), settings.MAX_RUNS_PER_NIGHT)
+            plans = plans[:settings.MAX_RUNS_PER_NIGHT]
         for plan in plans:
             log.info("%s %s: %s", "would trigger" if params.get("dry_run") else "will trigger",
                      plan["trigger_run_id"], plan["conf"])
@@ -207,10 +214,8 @@ def kmeans_nightly():
             log.info("nothing triggered, ledger unchanged")
             return {"recorded": 0}
         ti = context["ti"]
-        try:
-            ledger = L.Ledger.load(_ledger_path())
-        except L.LedgerError as err:
-            raise AirflowFailException(str(err)) from None
+        with failing_on(L.LedgerError):
+            ledger = L.Ledger.load(settings.ledger_path())
         recorded, missing = L.record_runs(
             ledger, plans, lambda run_id: ti.get_dr_count(dag_id=TARGET_DAG_ID, run_ids=[run_id]) > 0
         )

@@ -18,6 +18,8 @@ Streaming splits them by lines. The image id (no whitespace) lets one job carry 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .colours import ColourTable, bgr_to_codes, codes_to_bgr
@@ -77,9 +79,10 @@ def write_points(path: str, image_id: str, table: ColourTable) -> None:
 def parse_points(data: bytes, source: str = "<points>") -> list[tuple[str, ColourTable]]:
     """Parse weighted points lines into (image id, table) runs, in order of appearance.
 
-    Every line is checked; the first bad one raises InputError naming ``source`` and its line number
-    (the seed's mapper silently skipped bad lines). A block of one image's lines, all of the same
-    length, is parsed as a 2-D byte array without any gather.
+    Every line is checked; the first bad one raises InputError naming ``source``, its line number
+    and what was expected, never the line itself (the seed's mapper silently skipped bad lines). A
+    block of one image's lines, all of the same length, is parsed as a 2-D byte array without any
+    gather.
     """
     if not data:
         return []
@@ -91,39 +94,45 @@ def parse_points(data: bytes, source: str = "<points>") -> list[tuple[str, Colou
         rows = buf.reshape(-1, width)
         ids = rows[:, : width - _TAIL - 2]
         if (rows[:, -1] == 10).all() and (rows[:, width - _TAIL - 2] == 9).all() and (ids == ids[0]).all():
-            image_id = data[: width - _TAIL - 2].decode("utf-8")
+            image_id = _image_id(data, 0, width - _TAIL - 2, 0, source)
             if any(ch.isspace() for ch in image_id):
-                _fail(data, np.array([0]), np.array([width - 1]), 0, source, "whitespace in image id")
-            ends = np.arange(width - 1, len(data), width)
-            starts = ends - (width - 1)
-            table = _parse_tails(rows[:, width - _TAIL - 1 : width - 1], data, starts, ends, source)
+                _fail(0, source, "whitespace in image id")
+            table = _parse_tails(rows[:, width - _TAIL - 1 : width - 1], source)
             return [(image_id, table)]
     return _parse_general(data, buf, source)
 
 
-def _fail(data, starts, ends, line_index, source, why):
-    text = data[starts[line_index] : ends[line_index]][:80].decode("utf-8", "replace")
-    raise InputError(
-        source, f"line {line_index + 1}: {why}; expected '<image id>\\t<BBB> <GGG> <RRR> <count>', got {text!r}"
-    )
+_POINTS_LINE = "'<image id>\\t<BBB> <GGG> <RRR> <count>' (colours 000..255, count of 10 digits >= 1)"
 
 
-def _parse_tails(tail: np.ndarray, data, starts, ends, source) -> ColourTable:
+def _fail(line_index: int, source: str, why: str):
+    """Raise the InputError of a bad weighted points line: file, line number, problem, expected form."""
+    raise InputError(source, f"line {line_index + 1}: {why}; expected {_POINTS_LINE}")
+
+
+def _image_id(data: bytes, start: int, stop: int, line_index: int, source: str) -> str:
+    try:
+        return data[start:stop].decode("utf-8")
+    except UnicodeDecodeError:  # its text would quote the bytes
+        _fail(line_index, source, "image id is not valid UTF-8")
+
+
+def _parse_tails(tail: np.ndarray, source: str) -> ColourTable:
     """(n, 22) bytes 'BBB GGG RRR CCCCCCCCCC' -> table, every line checked."""
     digits = tail[:, _DIGIT_COLUMNS] - np.uint8(ord("0"))  # wraps below '0', so one test: > 9
     bad = (digits > 9).any(axis=1) | (tail[:, _SPACE_COLUMNS] != ord(" ")).any(axis=1)
     if bad.any():
-        _fail(data, starts, ends, int(np.flatnonzero(bad)[0]), source, "malformed colour or count")
+        _fail(int(np.flatnonzero(bad)[0]), source, "malformed colour or count")
     d = digits[:, :9].astype(np.int32)
     bgr = d[:, 0::3] * 100 + d[:, 1::3] * 10 + d[:, 2::3]
     if (bgr > 255).any():
-        _fail(data, starts, ends, int(np.flatnonzero((bgr > 255).any(axis=1))[0]), source, "colour value above 255")
+        _fail(int(np.flatnonzero((bgr > 255).any(axis=1))[0]), source, "colour value above 255")
     counts = np.zeros(len(digits), np.int64)
     for column in range(9, 19):
         counts *= 10
         counts += digits[:, column]
     if (counts < 1).any():
-        _fail(data, starts, ends, int(np.flatnonzero(counts < 1)[0]), source, "count must be >= 1")
+        _fail(int(np.flatnonzero(counts < 1)[0]), source, "count must be >= 1")
     return ColourTable(codes=bgr_to_codes(bgr), counts=counts)
 
 
@@ -137,39 +146,38 @@ def _parse_general(data: bytes, buf: np.ndarray, source: str) -> list[tuple[str,
     id_len = tabs - starts
     short = np.flatnonzero(id_len < 1)
     if short.size:
-        _fail(data, starts, ends, int(short[0]), source, "line too short")
+        _fail(int(short[0]), source, "line too short")
     bad_tab = np.flatnonzero(buf[tabs] != ord("\t"))
     if bad_tab.size:
-        _fail(data, starts, ends, int(bad_tab[0]), source, "no tab before the colour and count")
-    table = _parse_tails(buf[(ends - _TAIL)[:, None] + np.arange(_TAIL)], data, starts, ends, source)
+        _fail(int(bad_tab[0]), source, "no tab before the colour and count")
+    table = _parse_tails(buf[(ends - _TAIL)[:, None] + np.arange(_TAIL)], source)
 
     # Group consecutive lines by image id: compare each line's id bytes with the previous line's.
     cols = np.arange(int(id_len.max()))
     ids = np.where(cols < id_len[:, None], buf[np.minimum(starts[:, None] + cols, len(buf) - 1)], 0)
     spaces = np.isin(ids, (ord(" "), ord("\t"), ord("\r"))).any(axis=1)
     if spaces.any():
-        _fail(data, starts, ends, int(np.flatnonzero(spaces)[0]), source, "whitespace in image id")
+        _fail(int(np.flatnonzero(spaces)[0]), source, "whitespace in image id")
     change = np.flatnonzero((ids[1:] != ids[:-1]).any(axis=1)) + 1
     bounds = np.concatenate(([0], change, [len(ends)]))
     return [
-        (data[starts[lo] : tabs[lo]].decode("utf-8"), ColourTable(codes=table.codes[lo:hi], counts=table.counts[lo:hi]))
+        (_image_id(data, starts[lo], tabs[lo], lo, source),
+         ColourTable(codes=table.codes[lo:hi], counts=table.counts[lo:hi]))
         for lo, hi in zip(bounds[:-1], bounds[1:])
     ]
 
 
 def read_points(path: str) -> ColourTable:
     """Read a points file of one image: weighted format, or the seed's ``points.txt`` (detected)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = _read_bytes(path, "points file")
     if not data.strip():
         raise InputError(path, "points file is empty")
     first = data[: data.find(b"\n")] if b"\n" in data else data
     if b"\t" not in first:
-        return read_seed_points(path)
+        return parse_seed_points(data, path)
     runs = parse_points(data, path)
-    ids = {image_id for image_id, _ in runs}
-    if len(ids) != 1:
-        raise InputError(path, f"points file holds {len(ids)} image ids; expected one")
+    if len({image_id for image_id, _ in runs}) != 1:
+        raise InputError(path, "points file holds several image ids; expected one")
     return merge_tables([table for _, table in runs])
 
 
@@ -183,32 +191,115 @@ def merge_tables(tables: list[ColourTable]) -> ColourTable:
 
 
 # ---------------------------------------------------------------- seed formats
-def _load_numbers(path, what: str, source: str | None = None) -> np.ndarray:
-    """Whitespace-separated numbers from a path or a file object; errors name ``source`` (or path)."""
-    source = source or path
+#: Lines per block when looking for the line of an error (error path only).
+_BLOCK_LINES = 4096
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    """A file's bytes; an unreadable file is an InputError naming it (the OS error, not the name twice)."""
     try:
-        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        with open(path, "rb") as handle:
+            return handle.read()
     except OSError as err:
-        raise InputError(source, f"cannot read {what} ({err})") from None
-    except ValueError as err:
-        raise InputError(source, f"not a valid {what}: {err}") from None
+        raise InputError(path, f"cannot read {what} ({err.strerror or type(err).__name__})") from None
+
+
+def _table_of(content: bytes | str) -> np.ndarray | None:
+    """np.loadtxt of whitespace-separated numbers (``#`` comments, blank lines skipped) as a 2-D array;
+    None when NumPy refuses the text. Its error is dropped on purpose: it quotes the bad token.
+
+    ``content`` is the text (bytes) or a file's path (str): NumPy reads a path in C chunks, a file
+    object line by line, so a path is about 10% faster for big files. Read as Latin-1, as NumPy
+    reads a path by default, so every byte decodes (no UnicodeDecodeError). OSError propagates.
+    """
+    import io
+    import warnings
+
+    text = io.TextIOWrapper(io.BytesIO(content), encoding="latin-1") if isinstance(content, bytes) else content
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data"
+            return np.loadtxt(text, dtype=np.float64, ndmin=2, encoding="latin-1")
+    except ValueError:
+        return None
+
+
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop offsets of each line (the newline included), found with NumPy."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
+    if not len(ends) or ends[-1] != len(data):
+        ends = np.append(ends, len(data))
+    return np.concatenate(([0], ends[:-1])), ends
+
+
+def _find_line(data: bytes, columns: int, row: int | None = None) -> int | None:
+    """1-based line number of the first line NumPy cannot read as ``columns`` numbers or, with
+    ``row``, of data row ``row`` (0-based, as np.loadtxt counts rows: blank and comment lines
+    skipped), whichever comes first. Error path only: blocks of lines through np.loadtxt, then one
+    line at a time in the block concerned, so the answer is exactly loadtxt's reading of the file."""
+    starts, stops = _line_bounds(data)
+    seen = 0  # data rows before the current block
+    for lo in range(0, len(starts), _BLOCK_LINES):
+        hi = min(lo + _BLOCK_LINES, len(starts))
+        block = _table_of(data[starts[lo] : stops[hi - 1]])
+        fine = block is not None and (block.size == 0 or block.shape[1] == columns)
+        rows = block.shape[0] if fine and block.size else 0
+        if fine and (row is None or row >= seen + rows):
+            seen += rows
+            continue
+        for line in range(lo, hi):
+            values = _table_of(data[starts[line] : stops[line]])
+            if values is None or (values.size and values.shape != (1, columns)):
+                return line + 1
+            if values.size:
+                if row == seen:
+                    return line + 1
+                seen += 1
+    return None
+
+
+def _bad_line(source: str, content: bytes | str, columns: int, row: int | None, problem: str) -> InputError:
+    """The InputError of a bad line of a seed file: the file, the line number and the problem."""
+    data = content if isinstance(content, bytes) else _read_bytes(content, "file")
+    line = _find_line(data, columns, row)
+    return InputError(source, f"line {line}: {problem}" if line else problem)
+
+
+def _load_numbers(content: bytes | str, columns: int, what: str, layout: str, source: str) -> np.ndarray:
+    """A seed file's content (bytes) or path (str) -> (rows, ``columns``) finite floats, parsed by
+    NumPy as a whole. Any error names ``source``, the line and what was expected (``layout``),
+    never what was found."""
+    try:
+        values = _table_of(content)
+    except OSError as err:
+        raise InputError(source, f"cannot read {what} ({err.strerror or type(err).__name__})") from None
+    if values is None or (values.size and values.shape[1] != columns):
+        raise _bad_line(source, content, columns, None, f"expected {columns} columns of numbers ({layout})")
     if values.size == 0:
-        raise InputError(source, f"{what} is empty")
-    if not np.isfinite(values).all():
-        row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
-        raise InputError(source, f"row {row + 1}: non-finite value in {what}")
+        raise InputError(source, f"{what} is empty (expected lines of {columns} numbers: {layout})")
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise _bad_line(source, content, columns, row, f"expected finite numbers ({layout})")
     return values
 
 
 def read_seed_points(path: str) -> ColourTable:
     """The seed's ``points.txt`` (one ``B G R`` float line per pixel) as a weighted colour table."""
-    values = _load_numbers(path, "points file")
-    if values.shape[1] != 3:
-        raise InputError(path, f"points file must have 3 columns (B G R), found {values.shape[1]}")
+    return _seed_points(os.fspath(path), path)
+
+
+def parse_seed_points(data: bytes, source: str) -> ColourTable:
+    """The content of a seed ``points.txt`` -> weighted colour table; errors name ``source`` and the line."""
+    return _seed_points(data, source)
+
+
+def _seed_points(content: bytes | str, source: str) -> ColourTable:
+    values = _load_numbers(content, 3, "points file", "B G R", source)
     bad = (values < 0) | (values > 255) | (values != np.round(values))
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
-        raise InputError(path, f"row {row + 1}: colour values must be whole numbers in 0..255, got {values[row].tolist()}")
+        raise _bad_line(source, content, 3, row, "colour values must be whole numbers in 0..255")
     codes, counts = np.unique(bgr_to_codes(values.astype(np.int64)), return_counts=True)
     return ColourTable(codes=codes.astype(np.uint32), counts=counts.astype(np.int64))
 
@@ -232,22 +323,28 @@ def write_clusters(path: str, centroids: np.ndarray) -> None:
 
 def read_clusters(path: str) -> np.ndarray:
     """Read a seed-format clusters file (``label c1 c2 c3``, labels 1..K in any order) -> (K, 3) B, G, R."""
-    with open(path, "rb") as handle:
-        return parse_clusters(handle.read(), path)
+    return parse_clusters(_read_bytes(path, "clusters file"), path)
 
 
 def parse_clusters(data: bytes, source: str) -> np.ndarray:
-    """The content of a clusters file -> (K, 3) centroids; errors name ``source``."""
-    import io
-
-    values = _load_numbers(io.BytesIO(data), "clusters file", source)
-    if values.shape[1] != 4:
-        raise InputError(source, f"clusters file must have 4 columns (label B G R), found {values.shape[1]}")
+    """The content of a clusters file -> (K, 3) centroids; errors name ``source`` and the line."""
+    values = _load_numbers(data, 4, "clusters file", "label B G R", source)
     labels = values[:, 0]
     k = len(values)
     if not np.array_equal(np.sort(labels), np.arange(1, k + 1)):
-        raise InputError(source, f"cluster labels must be 1..{k}, each once; got {sorted(labels.tolist())[:10]}")
-    centroids = values[np.argsort(labels), 1:]
-    if (centroids < 0).any() or (centroids > 255).any():
-        raise InputError(source, "centroid values must lie in 0..255")
-    return centroids
+        row = _first_bad_label(labels)
+        raise _bad_line(source, data, 4, row, f"cluster labels must be 1..{k} (one per line), each once")
+    out = ((values[:, 1:] < 0) | (values[:, 1:] > 255)).any(axis=1)
+    if out.any():
+        raise _bad_line(source, data, 4, int(np.flatnonzero(out)[0]), "centroid values must lie in 0..255")
+    return values[np.argsort(labels), 1:]
+
+
+def _first_bad_label(labels: np.ndarray) -> int:
+    """Row of the first label that is not a whole number in 1..K, or that repeats an earlier one."""
+    k = len(labels)
+    bad = (labels < 1) | (labels > k) | (labels != np.round(labels))
+    _, first = np.unique(labels, return_index=True)
+    repeated = np.ones(k, bool)
+    repeated[first] = False
+    return int(np.flatnonzero(bad | repeated)[0])

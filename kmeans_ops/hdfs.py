@@ -92,8 +92,6 @@ class Hdfs:
                     continue
                 raise HdfsError(f"HDFS {what} {path} on {self.namenode} failed: {err}") from err
 
-    _call = call  # TODO(paths): the ledger still calls this name; goes when it moves to kmeans_ops.paths
-
     # ------------------------------------------------------------ reads
     def exists(self, path: str) -> bool:
         return self.call("status", path, self.client.status, path, strict=False) is not None
@@ -159,8 +157,3 @@ class Hdfs:
         login = self.hook.get_connection(self.hook.webhdfs_conn_id).login or getpass.getuser()
         return f"/user/{login}"
 
-
-def hdfs_path(uri: str) -> str:  # TODO(paths): the ledger still uses it; goes when it moves to kmeans_ops.paths
-    from .paths import HdfsFS
-
-    return HdfsFS.split(uri)[1]

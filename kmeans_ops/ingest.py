@@ -3,38 +3,156 @@ image's points file, initial clusters file and metadata into the work area."""
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from . import settings
 from .errors import InputError
 from .paths import IMAGE_EXTENSIONS, is_hdfs  # noqa: F401 - IMAGE_EXTENSIONS: kept for importers
 
 
 @dataclass
 class Image:
-    """A decoded image: 8-bit B, G, R planes, the untouched alpha plane if any, and the source depth."""
+    """A decoded image: 8-bit B, G, R planes, the untouched alpha plane if any, the source depth, and
+    how many frames (pages) the file holds: only the first is decoded."""
 
     path: str
     bgr: np.ndarray  # (H, W, 3) uint8, C-contiguous
     alpha: np.ndarray | None  # (H, W) in the source dtype (uint8 or uint16), or None
     bit_depth: int  # 8 or 16
+    frames: int = 1  # frames of an animated GIF/PNG/WebP, pages of a TIFF; 1 when the header does not say
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.bgr.shape[:2]
 
 
-def _jpeg_is_truncated(data: np.ndarray) -> bool:
+def _jpeg_is_truncated(raw: bytes) -> bool:
     """A JPEG whose last scan (after its last SOS marker FFDA) has no end-of-image marker FFD9.
 
     libjpeg decodes such files with a grey lower part and only a warning, so check it ourselves.
     """
-    raw = data.tobytes()
     last_scan = raw.rfind(b"\xff\xda")
     return last_scan < 0 or raw.find(b"\xff\xd9", last_scan) < 0
+
+
+#: Pillow readers asked for an image's header: the formats OpenCV decodes. Other files go straight
+#: to OpenCV (fewer parsers see untrusted files, and none reads a format OpenCV would not decode).
+_HEADER_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP", "DIB", "PPM", "SUN", "JPEG2000", "AVIF")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_GIF_MAGICS = (b"GIF87a", b"GIF89a")
+#: Held while Pillow's process-wide size limit is changed (see _pillow_limit).
+_pillow_lock = threading.Lock()
+#: Frames counted at most (a bigger count is reported as this many): Pillow counts a TIFF's pages in
+#: quadratic time (20 000 one-pixel pages, a 2.9 MB file: 5 s).
+MAX_COUNTED_FRAMES = 1000
+
+
+def _megapixels(pixels: int) -> str:
+    value = pixels / 1e6
+    return f"{value:.1f}".removesuffix(".0") if value >= 10 else f"{value:.3g}"
+
+
+def _check_budget(path: str, width: int, height: int, budget: int) -> None:
+    """Refuse (InputError) an image of ``width`` x ``height`` pixels over ``budget`` pixels
+    (settings.max_pixels, environment variable KMEANS_MAX_PIXELS); exactly the budget is accepted."""
+    if width * height > budget:
+        raise InputError(path, f"image too large: {width} x {height} = {_megapixels(width * height)} megapixels, "
+                               f"over the pixel budget of {_megapixels(budget)} megapixels (KMEANS_MAX_PIXELS={budget})")
+
+
+def _fixed_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG (its IHDR chunk, always first) or a GIF (its logical screen, the size
+    OpenCV decodes), read at their fixed offsets; None for any other format.
+
+    Pillow's readers of these two formats can allocate a whole frame while merely opening a file
+    (an APNG's or a GIF's first-frame disposal), so an oversize one is refused before Pillow sees it.
+    """
+    if raw[:8] == _PNG_MAGIC and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        return struct.unpack(">II", raw[16:24])
+    if raw[:6] in _GIF_MAGICS and len(raw) >= 10:
+        return struct.unpack("<HH", raw[6:10])
+    return None
+
+
+@contextmanager
+def _pillow_limit(limit: int | None):
+    """Pillow's own decompression-bomb check (``PIL.Image.MAX_IMAGE_PIXELS``: a warning above it, an
+    error above twice it; None: no check) set to ``limit``, and warnings silenced (Pillow's about the
+    header it reads, e.g. "Truncated File Read": OpenCV decides about the pixels), for this block
+    only. Both are process-wide: they are restored on exit, and the lock keeps two threads of ours
+    from restoring each other's value."""
+    from PIL import Image as PILImage
+
+    with _pillow_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = PILImage.MAX_IMAGE_PIXELS
+        PILImage.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            PILImage.MAX_IMAGE_PIXELS = saved
+
+
+def _count_frames(header) -> int:
+    """The frames (pages) of an image Pillow has opened, up to MAX_COUNTED_FRAMES, none decoded.
+    A frame Pillow cannot read ends the count (the first frame, the one decoded, was read)."""
+    if header.format == "MPO":  # a JPEG's extra pictures (gain maps, depth maps, previews) are not frames
+        return 1
+    counted = 1
+    try:
+        if header.format == "TIFF":  # page by page up to the cap: n_frames would walk them all
+            for counted in range(1, MAX_COUNTED_FRAMES):
+                header.seek(counted)
+            return MAX_COUNTED_FRAMES
+        return min(getattr(header, "n_frames", 1), MAX_COUNTED_FRAMES)  # from the header (PNG, WebP) or a walk (GIF)
+    except Exception:  # noqa: BLE001 - EOFError past the last frame, anything else at a frame Pillow cannot read
+        return counted
+
+
+def _pillow_header(raw: bytes, limit: int | None) -> tuple[int, int, int] | None:
+    """(width, height, frames) from the header of the encoded image ``raw``, by Pillow's lazy
+    ``Image.open`` (no pixel is decoded) with its own size check at ``limit``; None when Pillow
+    cannot read the header."""
+    from PIL import Image as PILImage
+
+    PILImage.init()
+    formats = [name for name in _HEADER_FORMATS if name in PILImage.OPEN]
+    try:
+        with _pillow_limit(limit), PILImage.open(io.BytesIO(raw), formats=formats) as header:
+            width, height = header.size
+            frames = _count_frames(header)
+    except Exception:  # noqa: BLE001 - a format or a header Pillow does not read: OpenCV decides
+        return None
+    return width, height, frames
+
+
+def _frames_within_budget(path: str, raw: bytes, budget: int) -> int:
+    """Refuse the encoded image ``raw`` when its header says it is over the pixel budget (before
+    anything is decoded), and return its number of frames: 1 when Pillow cannot read its header
+    (OpenCV then decodes it and read_image checks the decoded size)."""
+    size = _fixed_size(raw)
+    if size is not None:
+        _check_budget(path, *size, budget)
+    # Other formats: Pillow's check lifted (its 89-megapixel default would warn about or refuse
+    # images within our budget, without their size), ours made on the size it reads. PNG and GIF,
+    # already checked: Pillow's check kept at the budget, which bounds what its GIF reader allocates
+    # for a frame that overflows the screen.
+    header = _pillow_header(raw, limit=None if size is None else budget)
+    if header is None:
+        return 1
+    width, height, frames = header
+    if size is None:
+        _check_budget(path, width, height, budget)
+    return frames
 
 
 def read_image(path: str | os.PathLike) -> Image:
@@ -44,22 +162,31 @@ def read_image(path: str | os.PathLike) -> Image:
     - JPEGs honour their EXIF orientation (as viewers show them).
     - 16-bit images are clustered in 8 bits: ``v8 = round(v16 * 255 / 65535)``; the alpha plane
       keeps its 16 bits and the output is written back in 16 bits (see reconstruct).
+    - Pixel budget (settings.max_pixels): an image whose header says it has more pixels is refused
+      before decoding, so a refusal costs reading the file, not decoding it. The header is read from
+      the very bytes then decoded (no race with a file replaced in between). A file whose header
+      Pillow cannot read is decoded by OpenCV (its own 2^30-pixel limit applies) and then checked.
+    - Multi-frame files (animated GIF, PNG or WebP, multi-page TIFF): the first frame is decoded;
+      ``Image.frames`` says how many the file has.
     - Anything else (float or signed images, undecodable or truncated files) raises InputError.
     """
     path = os.fspath(path)
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as file:
+            raw = file.read()
     except OSError as err:
         raise InputError(path, f"cannot read file ({err.strerror or err})") from None
-    if data.size == 0:
+    if not raw:
         raise InputError(path, "empty file (0 bytes)")
-    is_jpeg = data.size >= 3 and data[0] == 0xFF and data[1] == 0xD8 and data[2] == 0xFF
-    if is_jpeg and _jpeg_is_truncated(data):
+    budget = settings.max_pixels()
+    frames = _frames_within_budget(path, raw, budget)
+    is_jpeg = raw[:3] == b"\xff\xd8\xff"
+    if is_jpeg and _jpeg_is_truncated(raw):
         raise InputError(path, "truncated or corrupt JPEG (no end-of-image marker after the last scan)")
     # JPEG has no alpha: IMREAD_COLOR applies the EXIF orientation. Others: keep every channel and depth.
     flags = cv2.IMREAD_COLOR if is_jpeg else cv2.IMREAD_UNCHANGED
     try:
-        pixels = cv2.imdecode(data, flags)
+        pixels = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
     except cv2.error as err:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
             raise InputError(path, "image too large: over OpenCV's limit of 2^30 pixels "
@@ -71,7 +198,10 @@ def read_image(path: str | os.PathLike) -> Image:
             "not an image OpenCV can decode (corrupt, truncated, not an image, or over OpenCV's "
             "limit of 2^30 pixels)",
         )
-    return _to_image(path, pixels)
+    _check_budget(path, pixels.shape[1], pixels.shape[0], budget)  # a header Pillow could not read
+    image = _to_image(path, pixels)
+    image.frames = frames
+    return image
 
 
 def _to_image(path: str, pixels: np.ndarray) -> Image:
@@ -147,12 +277,16 @@ def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, k
     }
     if path.lower().endswith(".txt"):
         table = read_seed_points(local_path)
-        meta.update(kind="seed-points", width=None, height=None, bit_depth=8, alpha=False)
+        meta.update(kind="seed-points", width=None, height=None, bit_depth=8, alpha=False, frames=None)
     else:
         image = read_image(local_path)
         table = colour_table(image.bgr)
         height, width = image.shape
-        meta.update(width=width, height=height, bit_depth=image.bit_depth, alpha=image.alpha is not None)
+        meta.update(width=width, height=height, bit_depth=image.bit_depth, alpha=image.alpha is not None,
+                    frames=image.frames)
+        if image.frames > 1:  # OpenCV decodes the first frame (page) only: say so
+            more = " or more" if image.frames >= MAX_COUNTED_FRAMES else ""
+            meta["warnings"] = [f"first frame of {image.frames}{more} used"]
     centroids = initial_centroids(table, params.k, params.init, params.seed)
     meta.update(
         pixels=table.n_pixels,
@@ -165,3 +299,34 @@ def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, k
     write_clusters(area.clusters(image_id, 0), centroids)
     write_json(area.meta(image_id), meta)
     return (meta, image, table) if keep else meta
+
+
+def ingest_batch(images: list[dict], area, params, log) -> list[dict]:
+    """Ingest a batch of planned images (``{"path", "stem", "image_id"}``) into the work area, one
+    log line each; a bad image gives a failure record and the rest of the batch goes on.
+
+    Returns per image ``{**image, "ok": True, "k", "pixels", "distinct_colours", "warnings"}`` or
+    ``{**image, "ok": False, "stage": "ingest", "source", "error"}``.
+    """
+    import time
+
+    from .errors import shown
+
+    results = []
+    for image in images:
+        started = time.perf_counter()
+        try:
+            meta = ingest(image["path"], image["image_id"], area, params)
+        except (InputError, MemoryError) as err:
+            message = str(err) if isinstance(err, InputError) else f"{shown(image['path'])}: out of memory"
+            log.error("skipped %s", message)
+            results.append({**image, "ok": False, "stage": "ingest", "source": image["path"], "error": message})
+            continue
+        for warning in meta.get("warnings", []):
+            log.warning("%s: %s", shown(image["path"]), warning)
+        log.info("ingested %s: %sx%s, %d distinct colours, k=%d, %.2f s -> %s", shown(image["path"]),
+                 meta.get("width"), meta.get("height"), meta["distinct_colours"], meta["k"],
+                 time.perf_counter() - started, area.image_dir(image["image_id"]))
+        results.append({**image, "ok": True, "k": meta["k"], "pixels": meta["pixels"],
+                        "distinct_colours": meta["distinct_colours"], "warnings": meta.get("warnings", [])})
+    return results

@@ -13,24 +13,34 @@ Ledger file (JSON, written atomically)::
 Keyed by content: a renamed or copied file has a known digest and is not redone; a changed file
 (same name, new content) has a new digest and is redone. ``path`` is where the content was first
 seen, kept for people reading the file.
+
+Only **settled** files are taken (:func:`settled`, the one rule for every filesystem): a file last
+modified less than ``settle_seconds`` ago, or that changed while it was hashed, is logged as not
+settled and left out of the scan; it is neither triggered nor recorded, and a later scan takes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 
+from . import settings
+from .errors import shown
+from .paths import LocalFS
 from .storage import write_json
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-CHUNK = 1 << 20  # bytes read at a time when hashing
 #: A folder holding both files is a published run of kmeans_image_clustering (kmeans_ops.publish).
 PUBLISHED_MARKERS = ("summary.json", "report.html")
+NS = 1_000_000_000
+
+#: A file's (size in bytes, modification time in ns since the epoch), as read at one moment.
+Stamp = tuple[int, int]
 
 
 class LedgerError(Exception):
@@ -95,113 +105,147 @@ class Ledger:
         write_json(self.path, {"version": VERSION, "files": dict(sorted(self.files.items()))})
 
 
-def sha256_file(path: str) -> str:
-    """SHA-256 of a file's content, read in chunks (a huge file is never held in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def settled(before: Stamp, after: Stamp, now_ns: int, settle_seconds: float, read: int | None = None,
+            writing: bool = False) -> bool:
+    """Whether a landed file may be taken: the settling rule of the nightly scan, for every filesystem.
 
+    ``before`` and ``after`` are the file's (size, mtime in ns) read just before and just after it
+    was hashed, ``now_ns`` the clock (ns since the epoch) when ``before`` was read, ``read`` the
+    number of bytes hashed (None: not hashed yet), ``writing`` whether the filesystem reports the
+    file still open for writing (HDFS does; a local filesystem cannot tell). Settled when all hold:
 
-def _inside(path: str, folders: list[str]) -> bool:
-    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+    - it was last modified at least ``settle_seconds`` before ``now_ns`` (0: no age is required, so
+      a clock skew between a NameNode and this worker cannot hold a file back);
+    - it did not change while hashed: ``after == before`` (a file written while hashed is not settled);
+    - the bytes hashed are its whole listed size, and it is not open for writing: HDFS lists a file
+      being written at the length of its completed blocks and with the time it was created, while
+      a read returns what the DataNodes already hold.
 
-
-def list_root(root: str, exclude: list[str] | tuple[str, ...] = ()) -> list[dict]:
-    """The images under one landing root, hashed: [{"path", "folder", "digest", "size"}].
-
-    The one place that knows how to list a root: HDFS roots plug in here later. Local roots are
-    walked recursively without following folder symlinks; hidden files and folders (name starting
-    with '.', e.g. uploads in progress, our staging folders), folders in ``exclude`` (our output and
-    work roots) and published run folders (holding summary.json and report.html) are skipped. A
-    missing root is logged and gives nothing; a file that vanishes while being hashed is skipped.
+    Called with ``after = before`` and no ``read`` before hashing, it tells whether the file is
+    old enough to be worth hashing at all.
     """
-    from .hdfs import is_hdfs
+    size, mtime_ns = before
+    old_enough = settle_seconds <= 0 or now_ns - mtime_ns >= settle_seconds * NS
+    return old_enough and after == before and (read is None or read == size) and not writing
 
-    if is_hdfs(root):
-        return _list_hdfs_root(root)
-    from .ingest import IMAGE_EXTENSIONS
 
-    top = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isdir(top):
-        log.warning("landing root %s does not exist or is not a folder: skipped", root)
+def _not_settled(path: str, before: Stamp, after: Stamp, now_ns: int, settle_seconds: float,
+                 read: int | None = None, writing: bool = False) -> str:
+    """The one log line of a file left for a later run: why, its age and the setting."""
+    age = max(0.0, (now_ns - after[1]) / NS)
+    if after != before:
+        why = f"changed while being hashed ({before[0]} -> {after[0]} bytes), "
+    elif writing:
+        why = "still open for writing, "
+    elif read is not None and read != before[0]:
+        why = f"still being written ({read} bytes read, {before[0]} listed), "
+    else:
+        why = ""
+    return (f"{shown(path)}: not settled, left for a later run ({why}last modified {age:.0f} s ago; "
+            f"settle_seconds {settle_seconds:g})")
+
+
+def hash_if_settled(path: str, stamp, sha256, settle_seconds: float, writing=None,
+                    clock=time.time_ns) -> tuple[str, int] | None:
+    """(SHA-256 hex digest, size) of the landed file ``path`` if it has settled (see settled);
+    else None, after logging one line with why, its age and the setting.
+
+    ``stamp()`` reads the file's (size, mtime_ns); ``sha256()`` hashes its content and returns
+    (hex digest, bytes read); ``writing()``, when the filesystem can tell, whether the file is
+    still open for writing. A file too young is not hashed at all. Their errors (OSError,
+    HdfsError) go to the caller.
+    """
+    before = stamp()
+    now = clock()
+    if not settled(before, before, now, settle_seconds):
+        log.info(_not_settled(path, before, before, now, settle_seconds))
+        return None
+    digest, read = sha256()
+    after = stamp()
+    still_writing = bool(writing and writing())
+    if not settled(before, after, now, settle_seconds, read, still_writing):
+        log.info(_not_settled(path, before, after, clock(), settle_seconds, read, still_writing))
+        return None
+    return digest, before[0]
+
+
+def sha256_file(path: str) -> str:
+    """SHA-256 of a local file's content, read in chunks (a huge file is never held in memory)."""
+    return LocalFS().sha256(path)[0]
+
+
+def list_root(root: str, exclude: list[str] | tuple[str, ...] = (),
+              settle_seconds: float = settings.DEFAULT_SETTLE_SECONDS, allowed=None) -> list[dict]:
+    """The settled images under one landing root, hashed: [{"path", "folder", "digest", "size"}].
+
+    Local or ``hdfs://`` (kmeans_ops.paths.filesystem), with the same rules: walked recursively
+    without following folder symlinks; hidden files and folders (name starting with '.', e.g.
+    uploads in progress, our staging folders), folders in ``exclude`` (our output and work roots)
+    and published run folders (holding summary.json and report.html) are skipped; with
+    ``allowed`` (paths.AllowedRoots), so is a file that resolves outside them (a symlink out). A
+    file that has not settled (see settled) is logged and left out. A missing root is logged and
+    gives nothing; a file that vanishes or cannot be read is logged and skipped.
+    """
+    from .hdfs import HdfsError
+    from .paths import IMAGE_EXTENSIONS, filesystem, within
+
+    fs = filesystem(root)
+    top = fs.resolve(root)
+    st = fs.stat(top)
+    if st is None or not st.is_dir:
+        log.warning("landing root %s does not exist or is not a folder: skipped", shown(root))
         return []
-    exclude = [os.path.abspath(os.path.expanduser(e)) for e in exclude if e]
-    if _inside(top, exclude):
-        log.warning("landing root %s lies inside an output or work folder %s: skipped", root, exclude)
+    exclude = [e for e in exclude if e]
+    if within(top, exclude):
+        log.warning("landing root %s lies inside an output or work folder: skipped", shown(root))
         return []
     found = []
-
-    def walk_error(err: OSError) -> None:
-        log.warning("cannot list %s: %s (skipped)", err.filename, err.strerror or err)
-
-    for folder, dirs, names in os.walk(top, onerror=walk_error):
+    for folder, dirs, names in fs.walk(top):
         if set(PUBLISHED_MARKERS) <= set(names):
-            log.info("skipping %s: a published kmeans run", folder)
+            log.info("skipping %s: a published kmeans run", shown(folder))
             dirs[:] = []
             continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(os.path.join(folder, d), exclude))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not within(fs.join(folder, d), exclude))
         for name in sorted(names):
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            path = os.path.join(folder, name)
+            path = fs.join(folder, name)
+            if allowed is not None and not allowed.contains(path):
+                log.warning("%s resolves outside the %s: skipped", shown(path), allowed.rule())
+                continue
             try:
-                if not os.path.isfile(path):
+                st = fs.stat(path)
+                if st is None or st.is_dir:
                     continue
-                size = os.path.getsize(path)
-                digest = sha256_file(path)
-            except OSError as err:
-                log.warning("cannot read %s: %s (skipped)", path, err.strerror or err)
+                taken = hash_if_settled(path, lambda: _stamp(fs, path), lambda: fs.sha256(path), settle_seconds,
+                                        lambda: fs.writing(path))
+            except (OSError, HdfsError) as err:
+                log.warning("cannot read %s: %s (skipped)", shown(path), getattr(err, "strerror", None) or err)
                 continue
-            found.append({"path": path, "folder": folder, "digest": digest, "size": size})
+            if taken:
+                found.append({"path": path, "folder": folder, "digest": taken[0], "size": taken[1]})
     return found
 
 
-def _list_hdfs_root(root: str) -> list[dict]:
-    """list_root for an ``hdfs://`` landing root, through WebHDFS (same skipping rules)."""
-    import posixpath
-
-    from .hdfs import Hdfs, HdfsError, hdfs_path
-    from .ingest import IMAGE_EXTENSIONS
-
-    hdfs = Hdfs()
-    top = hdfs_path(root)
-    prefix = root[: root.index(top)] if top != "/" and top in root else root.rstrip("/")
-    if not hdfs.exists(top):
-        log.warning("landing root %s does not exist: skipped", root)
-        return []
-    found = []
-    for folder, dirs, names in hdfs._call("walk", top, lambda: list(hdfs.client.walk(top))):
-        if set(PUBLISHED_MARKERS) <= set(names) or any(part.startswith(".") for part in folder.split("/")):
-            continue
-        for name in sorted(names):
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            path = posixpath.join(folder, name)
-            digest = hashlib.sha256()
-            try:
-                def read():
-                    with hdfs.client.read(path, chunk_size=CHUNK) as reader:
-                        for chunk in reader:
-                            digest.update(chunk)
-                hdfs._call("read", path, read)
-                size = hdfs._call("status", path, hdfs.client.status, path)["length"]
-            except HdfsError as err:
-                log.warning("cannot read %s: %s (skipped)", path, err)
-                continue
-            found.append({"path": prefix + path, "folder": prefix + folder, "digest": digest.hexdigest(), "size": size})
-    return found
+def _stamp(fs, path: str) -> Stamp:
+    st = fs.stat(path)
+    if st is None:
+        raise FileNotFoundError(2, "vanished", path)
+    return st.size, st.mtime_ns
 
 
-def scan(roots: list[str], exclude: list[str] | tuple[str, ...] = ()) -> list[dict]:
-    """Every image under the landing ``roots``: [{"path", "folder", "digest", "size"}] sorted by path.
+def scan(roots: list[str], exclude: list[str] | tuple[str, ...] = (),
+         settle_seconds: float = settings.DEFAULT_SETTLE_SECONDS, allowed=None) -> list[dict]:
+    """Every settled image under the landing ``roots``: [{"path", "folder", "digest", "size"}]
+    sorted by path.
 
-    See list_root for what is skipped. A file under two overlapping roots is listed once.
+    See list_root for what is skipped (``allowed``: the allowed roots, for files that resolve
+    outside them) and settled for the settling rule (``settle_seconds``). A file under two
+    overlapping roots is listed once.
     """
     by_path: dict[str, dict] = {}
     for root in roots:
-        for item in list_root(root, exclude):
+        for item in list_root(root, exclude, settle_seconds, allowed):
             by_path.setdefault(item["path"], item)
     return [by_path[p] for p in sorted(by_path)]
 

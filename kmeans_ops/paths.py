@@ -64,6 +64,30 @@ def _inside(path: str, root: str, sep: str) -> bool:
     return path == root or path.startswith(root.rstrip(sep) + sep)
 
 
+def within(path: str, folders) -> bool:
+    """Whether the resolved ``path`` is one of ``folders`` (resolved) or lies under one, on the
+    same filesystem (HDFS paths compare without their host, see the module docstring)."""
+    real = resolve(path)
+    for folder in folders:
+        if is_hdfs(folder) != is_hdfs(real):
+            continue
+        if is_hdfs(real) and _inside(HdfsFS.split(real)[1], HdfsFS.split(resolve(folder))[1], "/"):
+            return True
+        if not is_hdfs(real) and _inside(real, resolve(folder), os.sep):
+            return True
+    return False
+
+
+def sha256_chunks(chunks) -> tuple[str, int]:
+    """(SHA-256 hex digest, total bytes) of an iterable of byte chunks."""
+    digest = hashlib.sha256()
+    read = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        read += len(chunk)
+    return digest.hexdigest(), read
+
+
 class LocalFS:
     """The local filesystem."""
 
@@ -96,13 +120,14 @@ class LocalFS:
 
         yield from os.walk(top, onerror=error)
 
-    def sha256(self, path: str) -> str:
-        """SHA-256 of the content, read in chunks (a huge file is never held in memory)."""
-        digest = hashlib.sha256()
+    def sha256(self, path: str) -> tuple[str, int]:
+        """(SHA-256 hex digest, bytes read) of the content, read in chunks (never held in memory)."""
         with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return sha256_chunks(iter(lambda: handle.read(CHUNK), b""))
+
+    def writing(self, path: str) -> bool:
+        """Whether the file is still open for writing: a local filesystem cannot tell."""
+        return False
 
     @contextmanager
     def local(self, path: str):
@@ -171,18 +196,27 @@ class HdfsFS:
         for folder, dirs, names in walked:
             yield prefix + folder, dirs, names
 
-    def sha256(self, uri: str) -> str:
-        """SHA-256 of the content, streamed in chunks (a retried read starts the digest again)."""
+    def sha256(self, uri: str) -> tuple[str, int]:
+        """(SHA-256 hex digest, bytes read), streamed in chunks (a retried read starts again)."""
         path = self.path(uri)
 
         def read():
-            digest = hashlib.sha256()
             with self.hdfs.client.read(path, chunk_size=CHUNK) as reader:
-                for chunk in reader:
-                    digest.update(chunk)
-            return digest.hexdigest()
+                return sha256_chunks(reader)
 
         return self.hdfs.call("read", path, read)
+
+    def writing(self, uri: str) -> bool:
+        """Whether the NameNode still has the file open for writing ("under construction"). Only
+        WebHDFS's GET_BLOCK_LOCATIONS says so (GETFILESTATUS does not), and the hdfs client has no
+        method for it: it is built from the client's own request helper (``hdfs.client._Request``,
+        hdfs 2.7), so authentication and NameNode fail-over are the client's."""
+        from hdfs.client import _Request
+
+        path = self.path(uri)
+        located = self.hdfs.call("block locations", path, _Request("GET").to_method("GET_BLOCK_LOCATIONS"),
+                                 self.hdfs.client, path)
+        return bool(located.json()["LocatedBlocks"]["isUnderConstruction"])
 
     @contextmanager
     def local(self, uri: str):
@@ -258,16 +292,7 @@ class AllowedRoots:
 
     def contains(self, path: str) -> bool:
         """Whether ``path`` (local or hdfs://) resolves to a root or below one."""
-        real = resolve(path)
-        hdfs = is_hdfs(real)
-        for root in self.roots:
-            if is_hdfs(root) != hdfs:
-                continue
-            if hdfs and _inside(HdfsFS.split(real)[1], HdfsFS.split(root)[1], "/"):
-                return True
-            if not hdfs and _inside(real, root, os.sep):
-                return True
-        return False
+        return within(path, self.roots)
 
     def rule(self) -> str:
         return f"allowed roots ({self.source}): {', '.join(self.roots) or 'none'}"

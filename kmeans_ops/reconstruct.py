@@ -8,6 +8,7 @@ copy of the image. Quality is computed exactly from the colour table.
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import numpy as np
@@ -101,13 +102,14 @@ def _read_source(meta: dict) -> Image:
 
 
 def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str, extra: dict | None = None,
-           image: Image | None = None, table: ColourTable | None = None) -> dict:
+           image: Image | None = None, table: ColourTable | None = None, published_as: str | None = None) -> dict:
     """Reconstruct one image from its final centroids and write its output image and JSON figures.
 
     ``run`` is the driver's ``{"iterations": n, "converged": bool}``. The output image is skipped
     for inputs with no pixel grid (seed points files). ``image`` and ``table``, when the caller
     still holds them from ingest, save decoding the source and parsing the points file again.
-    Returns the figures written to ``out_json``.
+    ``published_as``: the folder the outputs will be published in (renamed there from a staging
+    folder): the JSON names the image there. Returns the figures written to ``out_json``.
     """
     from .driver import history
     from .formats import read_clusters, read_points
@@ -129,7 +131,7 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     result = {
         "image_id": image_id,
         "source": meta["source"],
-        "output": written,
+        "output": os.path.join(published_as, os.path.basename(written)) if written and published_as else written,
         "width": meta["width"],
         "height": meta["height"],
         "distinct_colours": meta["distinct_colours"],
@@ -148,3 +150,33 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     }
     write_json(out_json, result)
     return result
+
+
+def reconstruct_batch(images: list[dict], area_of, staging: str, final: str, extra: dict, log) -> list[dict]:
+    """Reconstruct a batch of images (``{"image_id", "stem", "iterations", "converged"}``) into the
+    staging folder of a run that will be published as ``final``; one log line each. ``area_of(image
+    id)`` gives the work area holding the image's files (fetched from HDFS by the Hadoop engine).
+    A failure is reported for its image; the rest of the batch goes on.
+    """
+    import time
+
+    from .errors import shown
+
+    results = []
+    for image in images:
+        started = time.perf_counter()
+        out_json = os.path.join(staging, image["stem"] + ".json")
+        try:
+            result = finish(area_of(image["image_id"]), image["image_id"], image,
+                            os.path.join(staging, image["stem"] + ".png"), out_json, extra=extra, published_as=final)
+        except (InputError, OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching the image's files
+            log.error("reconstruction of %s failed: %s", shown(image["stem"]), err)
+            results.append({"ok": False, "stage": "reconstruct", "source": image["stem"], "error": str(err)})
+            continue
+        seconds = time.perf_counter() - started
+        psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f}"
+        log.info("reconstructed %s: k=%d, %d iterations, PSNR %s dB, %.2f s -> %s", shown(image["stem"]), result["k"],
+                 result["iterations"], psnr, seconds, shown(result["output"] or os.path.join(final, image["stem"] + ".json")))
+        results.append({"ok": True, "stem": image["stem"], "json": out_json, "seconds": seconds,
+                        "psnr": result["psnr"], "k": result["k"]})
+    return results

@@ -1,28 +1,48 @@
 """The per-run HTML report: one self-contained page (inline CSS, inline SVG charts, images as
 base64 ``data:`` URIs; no JavaScript, nothing fetched) that a person reads instead of the logs.
 
-- :func:`write_report` writes it (atomically) from the per-image result dicts written by
-  :func:`kmeans_ops.reconstruct.finish`, the failures and the run's description.
-- :func:`thumbnail_data_uri` makes the before / after thumbnails.
+The page is the Jinja2 template ``templates/report.html.j2`` (with ``_macros.html.j2`` and
+``report.css``); this module only prepares its data, in small pure functions:
 
-Every string that comes from data (file names, error messages, parameters) goes through
-:func:`html.escape`. Palette colours are written as lower-case hex codes (``#a1b2c3``).
-Importing this module is cheap: OpenCV and NumPy are imported only to make thumbnails.
+- :func:`write_report` writes the page (atomically) from the per-image result dicts written by
+  :func:`kmeans_ops.reconstruct.finish`, the failures and the run's description;
+  :func:`render_report` returns it as a string; :func:`report_context` is what the template gets.
+- :func:`thumbnail_data_uri` makes the before / after thumbnails; :func:`chart_geometry` the
+  coordinates of the convergence charts; :func:`run_times` the run's wall time and time per stage.
+
+Escaping: the environment autoescapes every value, with :func:`html.escape` (so ``'`` is written
+``&#x27;``, as the page always was). File names, messages and warnings are also passed through
+:func:`kmeans_ops.errors.shown`, so each is shown on one line. Nothing of a file's content is shown.
+Palette colours are written as lower-case hex codes (``#a1b2c3``). Importing this module is cheap:
+Jinja2 is imported to render, OpenCV and NumPy only to make thumbnails.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
 from datetime import datetime
 from html import escape
+
+from .errors import shown
 
 #: Largest side, in pixels, of the thumbnails embedded in the report.
 THUMB_SIDE = 480
 
 #: Parameters shown in this order (others after them).
 PARAM_ORDER = ("k", "init", "seed", "max_iter", "delta")
+
+#: The folder of the report's templates, inside the package (the report is rendered where
+#: publish() runs, never on Hadoop nodes, so the zip shipped to them does not carry it).
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+#: Keys of the ``run`` dict shown in their own place; any other plain value is listed as is.
+KNOWN_RUN_KEYS = frozenset({"run_id", "dag_id", "engine", "params", "started", "finished", "output",
+                            "wall_seconds", "stages"})
+
+NOT_RECORDED = "not recorded"
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +128,7 @@ def _to_8bit(pixels, np):
 
 
 # --------------------------------------------------------------------------------------------
-# Formatting helpers (every returned string is already HTML-escaped)
+# Formatting helpers (plain strings: the template escapes them)
 
 
 def _num(value) -> float | None:
@@ -122,8 +142,9 @@ def _num(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _esc(value) -> str:
-    return escape("" if value is None else str(value), quote=True)
+def _line(value) -> str:
+    """Any value as one printable line ("" for None): file names, messages, ids."""
+    return "" if value is None else shown(value if isinstance(value, (str, bytes, os.PathLike)) else str(value))
 
 
 def _hex(rgb) -> str | None:
@@ -145,7 +166,8 @@ def _ink(hex_colour: str) -> str:
     return "#111" if luminance > 0.179 else "#fff"
 
 
-def _duration(seconds) -> str:
+def duration(seconds) -> str:
+    """``2.50 s``, ``12.3 s``, ``1 min 05 s``, ``2 h 03 min``; ``—`` when unknown."""
     s = _num(seconds)
     if s is None:
         return "—"
@@ -182,21 +204,23 @@ def _psnr(value) -> str:
 
 
 def _name(result: dict) -> str:
+    """The image's file name (one line), or its id."""
     source = result.get("source")
     if source:
-        return os.path.basename(str(source)) or str(source)
-    return str(result.get("image_id") or "image")
-
-
-def _param_text(params: dict) -> str:
-    keys = [k for k in PARAM_ORDER if k in params] + sorted(k for k in params if k not in PARAM_ORDER)
-    return " · ".join(f"{_esc(k)} = <b>{_esc(_plain(params[k]))}</b>" for k in keys)
+        return _line(os.path.basename(str(source)) or str(source))
+    return _line(result.get("image_id") or "image")
 
 
 def _plain(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 1e15 else repr(value)
     return str(value)
+
+
+def _param_pairs(params: dict) -> list[tuple[str, str]]:
+    """``(name, value)`` of the run's parameters, :data:`PARAM_ORDER` first."""
+    keys = [k for k in PARAM_ORDER if k in params] + sorted(k for k in params if k not in PARAM_ORDER)
+    return [(_line(k), _line(_plain(params[k]))) for k in keys]
 
 
 def _parse_time(text):
@@ -216,8 +240,76 @@ def _common(results: list[dict], key: str):
     return None
 
 
+def _warnings(r: dict) -> list[str]:
+    """The image's warnings (e.g. "first frame of 3 used"), each one line."""
+    warnings = r.get("warnings")
+    if isinstance(warnings, str):
+        warnings = [warnings]
+    if not isinstance(warnings, (list, tuple)):
+        return []
+    return [_line(w) for w in warnings if w not in (None, "")]
+
+
 # --------------------------------------------------------------------------------------------
-# SVG line charts
+# Time: the run's wall time and the time per stage
+
+
+def _elapsed(started, finished) -> float | None:
+    """Seconds from ``started`` to ``finished`` (ISO 8601 strings), None if either is unusable."""
+    start, end = _parse_time(started), _parse_time(finished)
+    if start is None or end is None:
+        return None
+    try:
+        seconds = (end - start).total_seconds()
+    except TypeError:  # one has a time zone, the other not
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _stage_pairs(stages) -> list[tuple[str, float | None]]:
+    """``[[name, seconds], ...]`` as ``(name, seconds or None)``; malformed entries are dropped."""
+    if not isinstance(stages, (list, tuple)):
+        return []
+    pairs = []
+    for entry in stages:
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] not in (None, ""):
+            seconds = _num(entry[1])
+            pairs.append((_line(entry[0]), seconds if seconds is None or seconds >= 0 else None))
+    return pairs
+
+
+def run_times(run: dict) -> dict:
+    """The run's total (wall) time and its time per stage, ready to show.
+
+    The total is ``run["wall_seconds"]`` (the DAG run's start to publication) or else the time from
+    ``started`` to ``finished``; never a sum of per-image times. ``stages`` (``[[name, seconds],
+    ...]`` in pipeline order) become rows with their share of the total (of the stages' sum when the
+    total is unknown or smaller); the wall time not spent in any stage (scheduling, waiting) is a
+    row of its own. Unknown values read "not recorded".
+    """
+    total, note = _num(run.get("wall_seconds")), "wall clock, from the run's start to publication"
+    if total is None or total < 0:
+        total, note = _elapsed(run.get("started"), run.get("finished")), "wall clock, from started to finished"
+    if total is None:
+        note = ""
+    pairs = _stage_pairs(run.get("stages"))
+    staged = sum(s for _, s in pairs if s is not None)
+    rows = [{"name": name, "seconds": s, "text": duration(s) if s is not None else NOT_RECORDED, "other": False}
+            for name, s in pairs]
+    if rows and total is not None and total - staged > 0.005 * total:
+        rows.append({"name": "outside the stages (scheduling, waiting)", "seconds": total - staged,
+                     "text": duration(total - staged), "other": True})
+    base = total if total is not None and total >= staged else staged
+    for row in rows:
+        share = 100 * row["seconds"] / base if base and row["seconds"] is not None else None
+        row["share"] = "" if share is None else f"{share:.0f} %"
+        row["width"] = "0" if share is None else f"{share:.2f}"
+    return {"total": total, "text": duration(total) if total is not None else NOT_RECORDED, "note": note,
+            "stages": rows}
+
+
+# --------------------------------------------------------------------------------------------
+# Chart geometry (the SVG itself is the template's ``line_chart`` macro)
 
 
 def _nice_step(span: float, target: int) -> float:
@@ -274,22 +366,23 @@ def _x_ticks(n: int) -> list[int]:
     return ticks
 
 
-def line_chart(points: list[tuple[int, float]], *, title: str, y_label: str, colour: str,
-               marks: set | frozenset = frozenset(), hline: float | None = None,
-               hline_label: str = "", y_from_zero: bool = False, value_format=None,
-               width: int = 520, height: int = 250) -> str:
-    """An inline SVG line chart of ``(iteration, value)`` points; iterations in ``marks`` get a
-    triangle marker (clusters re-seeded), ``hline`` a dashed horizontal line."""
+def chart_geometry(points: list[tuple[int, float]], *, title: str, y_label: str, colour: str,
+                   marks: set | frozenset = frozenset(), hline: float | None = None,
+                   hline_label: str = "", y_from_zero: bool = False, value_format=None,
+                   width: int = 520, height: int = 250) -> dict:
+    """Everything the ``line_chart`` macro draws for ``(iteration, value)`` points, coordinates
+    formatted to 0.1 px: grid lines and y ticks, x ticks, the line, one dot per point with its
+    tooltip; iterations in ``marks`` get a triangle and a vertical guide (clusters re-seeded),
+    ``hline`` a dashed horizontal line. ``empty`` when no point has a number."""
     fmt = value_format or (lambda v: f"{v:.4g}")
     left, right, top, bottom = 64, 16, 30, 44
     plot_w, plot_h = width - left - right, height - top - bottom
+    chart = {"title": title, "y_label": y_label, "colour": colour, "width": width, "height": height,
+             "left": left, "top": top, "right_x": left + plot_w, "bottom_y": top + plot_h,
+             "mid_x": f"{left + plot_w / 2:g}", "mid_y": f"{top + plot_h / 2:g}"}
     points = [(int(x), y) for x, y in points if _num(y) is not None and _num(x) is not None]
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="{_esc(title)}">',
-           f'<text class="chart-title" x="{left}" y="18">{_esc(title)}</text>']
     if not points:
-        out.append(f'<text class="empty" x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
-        return "".join(out)
+        return dict(chart, empty=True, centre_x=f"{width / 2:g}", centre_y=f"{height / 2:g}")
     ys = [y for _, y in points]
     lo, hi = min(ys), max(ys)
     if hline is not None:
@@ -308,395 +401,287 @@ def line_chart(points: list[tuple[int, float]], *, title: str, y_label: str, col
     def sy(y):
         return top + plot_h - plot_h * (y - y0) / (y1 - y0)
 
-    # grid and y ticks
-    for t in ticks:
-        y = sy(t)
-        out.append(f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                   f'{_esc(_tick_label(t, step, max(abs(y0), abs(y1))))}</text>')
-    # x ticks
-    for t in _x_ticks(n):
-        x = sx(t)
-        out.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}"/>')
-        out.append(f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 17}" text-anchor="middle">{t}</text>')
-    out.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>')
-    out.append(f'<line class="axis" x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}"/>')
-    # axis labels
-    out.append(f'<text class="label" x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">iteration</text>')
-    out.append(f'<text class="label" transform="translate(14 {top + plot_h / 2}) rotate(-90)" '
-               f'text-anchor="middle">{_esc(y_label)}</text>')
-    if hline is not None:
-        y = sy(hline)
-        out.append(f'<line class="hline" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text class="hline-label" x="{left + inset + 24}" y="{y - 5:.1f}">'
-                   f'{_esc(hline_label)}</text>')
-    # re-seeding: a vertical guide and a triangle above the point
+    top_value = max(abs(y0), abs(y1))
+    dots = []
     for x, y in points:
-        if x in marks:
-            px = sx(x)
-            out.append(f'<line class="reseed-guide" x1="{px:.1f}" x2="{px:.1f}" y1="{top}" y2="{top + plot_h}"/>')
-    path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-    out.append(f'<polyline class="line" points="{path}" stroke="{colour}"/>')
-    radius = 3 if len(points) <= 60 else 1.5
-    for x, y in points:
-        px, py = sx(x), sy(y)
         tip = f"iteration {x}: {fmt(y)}" + (" — clusters re-seeded" if x in marks else "")
-        if x in marks:
-            out.append(f'<path class="reseed" d="M{px:.1f},{py - 11:.1f} l-6,-10 h12 z"><title>{_esc(tip)}</title></path>')
-        out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="{radius}" fill="{colour}"><title>{_esc(tip)}</title></circle>')
-    out.append("</svg>")
-    return "".join(out)
+        dots.append({"x": f"{sx(x):.1f}", "y": f"{sy(y):.1f}", "tip_y": f"{sy(y) - 11:.1f}", "tip": tip,
+                     "reseed": x in marks})
+    return dict(
+        chart,
+        empty=False,
+        y_ticks=[{"y": f"{sy(t):.1f}", "label_y": f"{sy(t) + 4:.1f}", "label": _tick_label(t, step, top_value)}
+                 for t in ticks],
+        x_ticks=[{"x": f"{sx(t):.1f}", "label": t} for t in _x_ticks(n)],
+        hline=None if hline is None else {"y": f"{sy(hline):.1f}", "label_y": f"{sy(hline) - 5:.1f}",
+                                          "label_x": left + inset + 24, "label": hline_label},
+        guides=[f"{sx(x):.1f}" for x, _ in points if x in marks],
+        line=" ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points),
+        radius=3 if len(points) <= 60 else 1.5,
+        dots=dots,
+    )
 
 
-# --------------------------------------------------------------------------------------------
-# Page parts
-
-
-CSS = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#d9dee5; --bg:#f5f7fa; --card:#fff; --accent:#2563eb;
-        --bad:#b91c1c; --bad-bg:#fef2f2; --good:#15803d; --warn:#b45309; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--ink);
-       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 20px 60px; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 0 0 12px; }
-h3 { font-size: 15px; margin: 18px 0 8px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-a { color: var(--accent); text-decoration: none; }
-a:hover { text-decoration: underline; }
-code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 20px 22px; margin: 18px 0; }
-header.card { border-top: 4px solid var(--accent); }
-.sub { color: var(--muted); margin: 0 0 14px; }
-.stats { display: flex; flex-wrap: wrap; gap: 12px; margin: 14px 0; }
-.stat { border: 1px solid var(--line); border-radius: 8px; padding: 8px 16px; min-width: 130px; }
-.stat .v { font-size: 24px; font-weight: 650; display: block; }
-.stat .k { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-.stat.ok .v { color: var(--good); }
-.stat.bad { border-color: var(--bad); background: var(--bad-bg); }
-.stat.bad .v, .stat.bad .k { color: var(--bad); }
-dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 0; }
-dl.meta dt { color: var(--muted); }
-dl.meta dd { margin: 0; overflow-wrap: anywhere; }
-table { border-collapse: collapse; width: 100%; font-size: 14px; }
-th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); background: #fafbfc; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tbody tr:hover { background: #f8fafc; }
-.yes { color: var(--good); font-weight: 600; }
-.no { color: var(--warn); font-weight: 600; }
-.failures.has { border: 2px solid var(--bad); background: var(--bad-bg); }
-.failures.has h2 { color: var(--bad); }
-.failures td.reason { color: var(--bad); overflow-wrap: anywhere; }
-.failures .none { color: var(--good); margin: 0; }
-.image h2 { display: flex; align-items: baseline; gap: 12px; flex-wrap: wrap; }
-.badge { font-size: 12px; font-weight: 600; padding: 2px 10px; border-radius: 999px; }
-.badge.yes { background: #dcfce7; }
-.badge.no { background: #fef3c7; }
-.paths { color: var(--muted); font-size: 13px; margin: -6px 0 12px; overflow-wrap: anywhere; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
-figure { margin: 0; }
-figure .frame { display: flex; align-items: center; justify-content: center; min-height: 120px; border-radius: 6px;
-                background: #eef1f4; overflow: hidden; }
-figure img { display: block; max-width: 100%; height: auto; }
-figure img.alpha { background: repeating-conic-gradient(#d5dae1 0% 25%, #fff 0% 50%) 50% / 16px 16px; }
-figcaption { font-size: 13px; color: var(--muted); margin-top: 6px; }
-figcaption b { color: var(--ink); }
-.note { padding: 24px; color: var(--muted); text-align: center; font-style: italic; }
-.sharebar { display: flex; height: 14px; border-radius: 4px; overflow: hidden; border: 1px solid var(--line); margin-bottom: 8px; }
-.sharebar span { display: block; height: 100%; }
-.palette { display: flex; flex-wrap: wrap; gap: 8px; }
-.swatch { width: 104px; height: 62px; border-radius: 6px; padding: 6px 8px; display: flex; flex-direction: column;
-          justify-content: space-between; border: 1px solid rgba(0,0,0,.12); }
-.swatch .hex { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; font-weight: 600; }
-.swatch .share { font-size: 12px; }
-.charts { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
-svg.chart { display: block; width: 100%; height: auto; background: #fff; border: 1px solid var(--line); border-radius: 6px; }
-svg.chart text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill: #3e4c59; }
-svg.chart .chart-title { font-size: 13px; font-weight: 600; fill: var(--ink); }
-svg.chart .tick { font-size: 11px; fill: var(--muted); }
-svg.chart .label { font-size: 12px; }
-svg.chart .grid { stroke: #edf0f3; }
-svg.chart .axis { stroke: #9aa5b1; }
-svg.chart .line { fill: none; stroke-width: 2; stroke-linejoin: round; }
-svg.chart .hline { stroke: var(--bad); stroke-dasharray: 6 4; stroke-width: 1.3; }
-svg.chart .hline-label { font-size: 11px; fill: var(--bad); }
-svg.chart .reseed { fill: #ea580c; }
-svg.chart .reseed-guide { stroke: #fdba74; stroke-dasharray: 2 3; }
-.legend { font-size: 12px; color: var(--muted); margin: 6px 0 0; }
-.legend .tri { color: #ea580c; }
-.legend .dash { color: var(--bad); letter-spacing: -1px; }
-dl.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); gap: 10px; margin: 16px 0 0; }
-dl.figures div { border: 1px solid var(--line); border-radius: 8px; padding: 6px 12px; }
-dl.figures dt { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
-dl.figures dd { margin: 0; font-size: 17px; font-weight: 600; font-variant-numeric: tabular-nums; }
-.top { font-size: 13px; float: right; }
-footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 30px; }
-@media (max-width: 720px) { .pair, .charts { grid-template-columns: 1fr; } }
-"""
-
-
-def _header(results, failures, run) -> str:
-    title = "K-means colour quantisation report"
-    engine = run.get("engine") or _common(results, "engine")
-    params = run.get("params") if isinstance(run.get("params"), dict) else _common(results, "params")
-    started, finished = _parse_time(run.get("started")), _parse_time(run.get("finished"))
-    total = None
-    total_note = ""
-    if started and finished:
-        try:
-            total = (finished - started).total_seconds()
-        except TypeError:  # one has a time zone, the other not
-            total = None
-    if total is None:
-        seconds = [_num(r.get("seconds")) for r in results]
-        if any(s is not None for s in seconds):
-            total = sum(s for s in seconds if s is not None)
-            total_note = "sum of per-image times"
-
-    done, failed = len(results), len(failures)
-    stats = [
-        f'<div class="stat ok"><span class="v">{done}</span><span class="k">image{"s" if done != 1 else ""} done</span></div>',
-        f'<div class="stat{" bad" if failed else ""}"><span class="v">{failed}</span><span class="k">failed</span></div>',
-    ]
-    if total is not None:
-        stats.append(f'<div class="stat"><span class="v">{_esc(_duration(total))}</span>'
-                     f'<span class="k">total time{(" (" + total_note + ")") if total_note else ""}</span></div>')
-    if engine:
-        stats.append(f'<div class="stat"><span class="v">{_esc(engine)}</span><span class="k">engine</span></div>')
-
-    rows = []
-    for key, label in (("run_id", "Run"), ("dag_id", "DAG")):
-        if run.get(key) not in (None, ""):
-            rows.append((label, f"<code>{_esc(run[key])}</code>"))
-    if engine:
-        rows.append(("Engine", _esc(engine)))
-    if params:
-        rows.append(("Parameters", _param_text(params)))
-    if run.get("started"):
-        rows.append(("Started", _esc(run["started"])))
-    if run.get("finished"):
-        rows.append(("Finished", _esc(run["finished"])))
-    if total is not None:
-        rows.append(("Total time", _esc(_duration(total)) + (f" ({_esc(total_note)})" if total_note else "")))
-    if run.get("output"):
-        rows.append(("Output folder", f"<code>{_esc(run['output'])}</code>"))
-    known = {"run_id", "dag_id", "engine", "params", "started", "finished", "output"}
-    for key in sorted(k for k in run if k not in known):
-        value = run[key]
-        if isinstance(value, (str, int, float, bool)) and value != "":
-            rows.append((_esc(key.replace("_", " ").capitalize()), _esc(_plain(value))))
-    meta = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
-    sub = "" if rows else '<p class="sub">No run details recorded.</p>'
-    return (f'<header class="card"><h1>{title}</h1>{sub}<div class="stats">{"".join(stats)}</div>'
-            f'<dl class="meta">{meta}</dl></header>')
-
-
-def _summary(results) -> str:
-    if not results:
-        return '<section class="card" id="summary"><h2>Images</h2><p>No image was processed.</p></section>'
-    head = ("<tr><th>Image</th><th class=n>Size</th><th class=n>Distinct colours</th><th class=n>K</th>"
-            "<th class=n>Iterations</th><th>Converged</th><th class=n>MSE</th><th class=n>PSNR</th>"
-            "<th class=n>Time</th></tr>")
-    rows = []
-    for i, r in enumerate(results, 1):
-        k = _int(r.get("k"))
-        if r.get("k_requested") is not None and r.get("k_requested") != r.get("k"):
-            k += f' <span class="sub">({_int(r["k_requested"])} requested)</span>'
-        conv = r.get("converged")
-        rows.append(
-            f'<tr><td><a href="#img-{i}">{_esc(_name(r))}</a></td>'
-            f'<td class=n>{_size(r)}</td>'
-            f'<td class=n>{_int(r.get("distinct_colours"))}</td><td class=n>{k}</td>'
-            f'<td class=n>{_int(r.get("iterations"))}</td>'
-            f'<td>{_yes_no(conv)}</td>'
-            f'<td class=n>{_fixed(r.get("mse"))}</td><td class=n>{_esc(_psnr(r.get("psnr")))}</td>'
-            f'<td class=n>{_esc(_duration(r.get("seconds")))}</td></tr>'
-        )
-    return (f'<section class="card" id="summary"><h2>Images</h2><table><thead>{head}</thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></section>')
-
-
-def _yes_no(converged) -> str:
-    if converged is None:
-        return "—"
-    return '<span class="yes">yes</span>' if converged else '<span class="no">no</span>'
-
-
-def _failures(failures) -> str:
-    if not failures:
-        return ('<section class="card failures" id="failures"><h2>Failed images</h2>'
-                '<p class="none">None: every image was processed.</p></section>')
-    rows = []
-    for f in failures:
-        source = f.get("source")
-        name = os.path.basename(str(source)) if source else "(unknown file)"
-        rows.append(f'<tr><td><b>{_esc(name)}</b><br><span class="mono sub">{_esc(source)}</span></td>'
-                    f'<td>{_esc(f.get("stage") or "—")}</td><td class="reason">{_esc(f.get("error") or "unknown error")}</td></tr>')
-    return (f'<section class="card failures has" id="failures"><h2>Failed images ({len(failures)})</h2>'
-            f'<table><thead><tr><th>File</th><th>Stage</th><th>Reason</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></section>')
-
-
-def _palette(r: dict) -> str:
-    palette = r.get("palette_rgb")
-    if not palette and r.get("centroids_rgb"):
-        palette = r["centroids_rgb"]
-    if not palette:
-        return '<p class="sub">No palette recorded.</p>'
-    counts = r.get("cluster_pixels")
-    if not isinstance(counts, list) or len(counts) != len(palette):
-        counts = None
-    entries = []
-    for i, colour in enumerate(palette):
-        code = _hex(colour)
-        if code is None:
-            continue
-        count = _num(counts[i]) if counts else None
-        entries.append((code, count))
-    total = sum(c for _, c in entries if c) if counts else 0
-    if counts:
-        entries.sort(key=lambda e: -(e[1] or 0))
-    bar = ""
-    if total:
-        bar = '<div class="sharebar">' + "".join(
-            f'<span style="width:{100 * (c or 0) / total:.3f}%;background:{code}" title="{code} {100 * (c or 0) / total:.1f} %"></span>'
-            for code, c in entries if c) + "</div>"
-    swatches = []
-    for code, count in entries:
-        share = f"{100 * count / total:.1f} %" if total and count is not None else ""
-        title = code + (f": {_int(count)} pixels ({share})" if share else "")
-        swatches.append(f'<div class="swatch" style="background:{code};color:{_ink(code)}" title="{_esc(title)}">'
-                        f'<span class="hex">{code}</span><span class="share">{_esc(share)}</span></div>')
-    return bar + '<div class="palette">' + "".join(swatches) + "</div>"
-
-
-def _charts(r: dict, delta) -> str:
+def _charts(r: dict, delta) -> dict:
+    """The image's two convergence charts (SSE and largest shift per iteration) and their legend."""
     history = [h for h in (r.get("history") or []) if isinstance(h, dict)]
     if not history:
-        return '<p class="sub">No iteration history recorded.</p>'
+        return {"charts": [], "reseeded": "", "delta": False}
     marks = {int(h["iteration"]) for h in history if h.get("reseeded") and _num(h.get("iteration")) is not None}
     sse = [(h.get("iteration"), h.get("sse")) for h in history]
     shift = [(h.get("iteration"), h.get("max_shift")) for h in history]
     delta = _num(delta)
     big = lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"  # noqa: E731
     charts = [
-        line_chart(sse, title="Squared error (SSE) per iteration", y_label="SSE", colour="#2563eb",
-                   marks=marks, value_format=big),
-        line_chart(shift, title="Largest centroid shift per iteration", y_label="max shift (colour units)",
-                   colour="#7c3aed", marks=marks, hline=delta, hline_label=f"delta = {_plain(delta)}" if delta is not None else "",
-                   y_from_zero=True, value_format=lambda v: f"{v:.4g}"),
+        chart_geometry(sse, title="Squared error (SSE) per iteration", y_label="SSE", colour="#2563eb",
+                       marks=marks, value_format=big),
+        chart_geometry(shift, title="Largest centroid shift per iteration", y_label="max shift (colour units)",
+                       colour="#7c3aed", marks=marks, hline=delta,
+                       hline_label=f"delta = {_plain(delta)}" if delta is not None else "",
+                       y_from_zero=True, value_format=lambda v: f"{v:.4g}"),
     ]
-    legend = []
+    reseeded = ""
     if marks:
         which = ", ".join(str(m) for m in sorted(marks))
-        legend.append(f'<span class="tri">▲</span> clusters re-seeded (empty cluster) at iteration{"s" if len(marks) > 1 else ""} {which}')
-    if delta is not None:
-        legend.append(f'<span class="dash">– –</span> convergence tolerance delta')
-    legend_html = f'<p class="legend">{" &nbsp;·&nbsp; ".join(legend)}</p>' if legend else ""
-    return f'<div class="charts">{"".join(charts)}</div>{legend_html}'
+        reseeded = f'clusters re-seeded (empty cluster) at iteration{"s" if len(marks) > 1 else ""} {which}'
+    return {"charts": charts, "reseeded": reseeded, "delta": delta is not None}
 
 
-def _thumb(path, alt: str) -> str | None:
-    if not path:
-        return None
-    uri = thumbnail_data_uri(str(path), THUMB_SIDE)
-    if uri is None:
-        return None
-    alpha = ' class="alpha"' if uri.startswith("data:image/png") else ""
-    return f'<img{alpha} src="{uri}" alt="{_esc(alt)}">'
+# --------------------------------------------------------------------------------------------
+# Page parts: one dict each, what the template shows
 
 
-def _image_section(i: int, r: dict, run_params: dict | None) -> str:
+def _header(results: list[dict], failures: list[dict], run: dict, params) -> dict:
+    engine = run.get("engine") or _common(results, "engine")
+    extras = []
+    for key in sorted(k for k in run if k not in KNOWN_RUN_KEYS):
+        value = run[key]
+        if isinstance(value, (str, int, float, bool)) and value != "":
+            extras.append((_line(str(key).replace("_", " ").capitalize()), _line(_plain(value))))
+    return {
+        "done": len(results),
+        "failed": len(failures),
+        "engine": _line(engine) if engine else "",
+        "run_id": _line(run.get("run_id")),
+        "dag_id": _line(run.get("dag_id")),
+        "params": _param_pairs(params) if params else [],
+        "started": _line(run.get("started")),
+        "finished": _line(run.get("finished")),
+        "output": _line(run.get("output")),
+        "time": run_times(run),
+        "extras": extras,
+    }
+
+
+def _summary_row(i: int, r: dict) -> dict:
+    k_requested = r.get("k_requested")
+    return {
+        "anchor": f"img-{i}",
+        "name": _name(r),
+        "warnings": _warnings(r),
+        "size": _size(r),
+        "distinct": _int(r.get("distinct_colours")),
+        "k": _int(r.get("k")),
+        "k_requested": _int(k_requested) if k_requested is not None and k_requested != r.get("k") else "",
+        "iterations": _int(r.get("iterations")),
+        "converged": r.get("converged"),
+        "mse": _fixed(r.get("mse")),
+        "psnr": _psnr(r.get("psnr")),
+        "seconds": duration(r.get("seconds")),
+    }
+
+
+def _failure_row(f: dict) -> dict:
+    source = f.get("source")
+    return {
+        "name": _line(os.path.basename(str(source))) if source else "(unknown file)",
+        "source": _line(source),
+        "stage": _line(f.get("stage") or "—"),
+        "error": _line(f.get("error") or "unknown error"),
+    }
+
+
+def _palette(r: dict) -> dict:
+    """The share bar and the swatches (largest share first when pixel counts are known)."""
+    palette = r.get("palette_rgb")
+    if not palette and r.get("centroids_rgb"):
+        palette = r["centroids_rgb"]
+    if not palette:
+        return {"recorded": False, "bar": [], "swatches": []}
+    counts = r.get("cluster_pixels")
+    if not isinstance(counts, list) or len(counts) != len(palette):
+        counts = None
+    entries = []
+    for i, colour in enumerate(palette):
+        code = _hex(colour)
+        if code is not None:
+            entries.append((code, _num(counts[i]) if counts else None))
+    total = sum(c for _, c in entries if c) if counts else 0
+    if counts:
+        entries.sort(key=lambda e: -(e[1] or 0))
+    bar = [{"code": code, "width": f"{100 * c / total:.3f}", "title": f"{code} {100 * c / total:.1f} %"}
+           for code, c in entries if c] if total else []
+    swatches = []
+    for code, count in entries:
+        share = f"{100 * count / total:.1f} %" if total and count is not None else ""
+        title = code + (f": {_int(count)} pixels ({share})" if share else "")
+        swatches.append({"code": code, "ink": _ink(code), "title": title, "share": share})
+    return {"recorded": True, "bar": bar, "swatches": swatches}
+
+
+def _beside(path, folder: str | None) -> list[str]:
+    """Where to read an image the report names: first beside the report (publish() writes the
+    report and the images together in a staging folder, before they reach the path recorded),
+    then the recorded path."""
+    places = []
+    if folder and path:
+        places.append(os.path.join(folder, os.path.basename(str(path))))
+    if path:
+        places.append(str(path))
+    return places
+
+
+def _thumb(places: list[str], alt: str) -> dict | None:
+    """The first readable image among ``places`` as ``{"uri", "alpha", "alt"}``, or None."""
+    for place in places:
+        uri = thumbnail_data_uri(place, THUMB_SIDE)
+        if uri is not None:
+            return {"uri": uri, "alpha": uri.startswith("data:image/png"), "alt": alt}
+    return None
+
+
+def _figures(r: dict, params: dict) -> list[dict]:
+    """The figures under the charts: ``{"label", "value", "sub", "cls"}``."""
+    def fig(label, value, sub="", cls=""):
+        return {"label": label, "value": value, "sub": sub, "cls": cls}
+
+    k_requested = r.get("k_requested")
+    conv = r.get("converged")
+    figures = [
+        fig("K", _int(r.get("k")),
+            f"of {_int(k_requested)} requested" if k_requested is not None and k_requested != r.get("k") else ""),
+        fig("Iterations", _int(r.get("iterations")),
+            f'of max {_int(params["max_iter"])}' if _num(params.get("max_iter")) is not None else ""),
+        fig("Converged", "—" if conv is None else "yes" if conv else "no",
+            cls="" if conv is None else "yes" if conv else "no"),
+        fig("MSE", _fixed(r.get("mse"), 3)),
+        fig("PSNR", _psnr(r.get("psnr"))),
+        fig("Squared error", _int(r.get("squared_error"))),
+        fig("Reconstruct time", duration(r.get("seconds"))),
+    ]
+    frames = _num(r.get("frames"))
+    if frames is not None and frames > 1:
+        figures.append(fig("Frames", _int(frames), "(first used)"))
+    if r.get("engine"):
+        figures.append(fig("Engine", _line(r["engine"])))
+    if params.get("init") is not None:
+        figures.append(fig("Init / seed", f'{_line(params["init"])} / {_line(params.get("seed", "—"))}'))
+    return figures
+
+
+def _image(i: int, r: dict, run_params: dict | None, folder: str | None) -> dict:
+    """One image's section: paths, before / after thumbnails, palette, charts, figures, warnings."""
     name = _name(r)
     params = r.get("params") if isinstance(r.get("params"), dict) else (run_params or {})
-    conv = r.get("converged")
-    badge = ""
-    if conv is not None:
-        badge = ('<span class="badge yes">converged</span>' if conv
-                 else '<span class="badge no">not converged: stopped at max_iter</span>')
     source, output = r.get("source"), r.get("output")
-    paths = f'<code>{_esc(source)}</code>' + (f' → <code>{_esc(output)}</code>' if output else "")
-
-    size = _size(r)
-    size = f"{size} pixels, " if size != "—" else ""
-    before = _thumb(source, f"{name}: source image")
+    before = _thumb([str(source)] if source else [], f"{name}: source image")
+    before_note = ""
     if before is None:
         is_points = isinstance(source, str) and source.lower().endswith(".txt")
-        note = "seed points file: no image to show" if is_points else "source image could not be read"
-        before = f'<div class="note">{_esc(note)}</div>'
-    after = _thumb(output, f"{name}: quantised to {r.get('k')} colours") if output else None
+        before_note = "seed points file: no image to show" if is_points else "source image could not be read"
+    after = _thumb(_beside(output, folder), f"{name}: quantised to {_line(r.get('k'))} colours") if output else None
+    after_note = ""
     if after is None:
-        note = ("no output image (seed points input: centroids and figures only)" if not output
-                else "output image could not be read")
-        after = f'<div class="note">{_esc(note)}</div>'
-    pair = (f'<div class="pair"><figure><div class="frame">{before}</div><figcaption><b>Before</b>: source, '
-            f'{size}{_int(r.get("distinct_colours"))} distinct colours</figcaption></figure>'
-            f'<figure><div class="frame">{after}</div><figcaption><b>After</b>: {_int(r.get("k"))} colours, '
-            f'PSNR {_esc(_psnr(r.get("psnr")))}</figcaption></figure></div>')
-
-    k_text = _int(r.get("k"))
-    if r.get("k_requested") is not None and r.get("k_requested") != r.get("k"):
-        k_text += f' <span class="sub">of {_int(r["k_requested"])} requested</span>'
-    iters = _int(r.get("iterations"))
-    if _num(params.get("max_iter")) is not None:
-        iters += f' <span class="sub">of max {_int(params["max_iter"])}</span>'
-    figures = [
-        ("K", k_text),
-        ("Iterations", iters),
-        ("Converged", _yes_no(conv)),
-        ("MSE", _fixed(r.get("mse"), 3)),
-        ("PSNR", _esc(_psnr(r.get("psnr")))),
-        ("Squared error", _int(r.get("squared_error"))),
-        ("Time", _esc(_duration(r.get("seconds")))),
-    ]
-    if r.get("engine"):
-        figures.append(("Engine", _esc(r["engine"])))
-    if params.get("init") is not None:
-        figures.append(("Init / seed", f'{_esc(params["init"])} / {_esc(params.get("seed", "—"))}'))
-    figs = "".join(f"<div><dt>{label}</dt><dd>{value}</dd></div>" for label, value in figures)
-
-    k_title = f'Palette: {_int(r.get("k"))} colours, by share of pixels'
-    return (f'<section class="card image" id="img-{i}"><a class="top" href="#summary">↑ all images</a>'
-            f'<h2>{_esc(name)} {badge}</h2><p class="paths">{paths}</p>{pair}'
-            f'<h3>{k_title}</h3>{_palette(r)}'
-            f'<h3>Convergence</h3>{_charts(r, params.get("delta"))}'
-            f'<dl class="figures">{figs}</dl></section>')
+        after_note = ("no output image (seed points input: centroids and figures only)" if not output
+                      else "output image could not be read")
+    size = _size(r)
+    return {
+        "anchor": f"img-{i}",
+        "name": name,
+        "converged": r.get("converged"),
+        "source": _line(source),
+        "output": _line(output),
+        "warnings": _warnings(r),
+        "before": before,
+        "before_note": before_note,
+        "after": after,
+        "after_note": after_note,
+        "size": f"{size} pixels, " if size != "—" else "",
+        "distinct": _int(r.get("distinct_colours")),
+        "k": _int(r.get("k")),
+        "psnr": _psnr(r.get("psnr")),
+        "palette": _palette(r),
+        "convergence": _charts(r, params.get("delta")),
+        "figures": _figures(r, params),
+    }
 
 
-def render_report(results: list[dict], failures: list[dict], run: dict) -> str:
-    """The report page as a string (see :func:`write_report`)."""
+def report_context(results: list[dict], failures: list[dict], run: dict, folder: str | None = None) -> dict:
+    """What ``report.html.j2`` shows, from the arguments of :func:`write_report`; ``folder`` is
+    where the report is written (output images are looked for there first)."""
     results = [r for r in (results or []) if isinstance(r, dict)]
     failures = [f for f in (failures or []) if isinstance(f, dict)]
     run = run if isinstance(run, dict) else {}
-    run_params = run.get("params") if isinstance(run.get("params"), dict) else _common(results, "params")
-    title = "K-means report" + (f" — {run['run_id']}" if run.get("run_id") else "")
-    generated = datetime.now().astimezone().isoformat(timespec="seconds")
-    parts = [
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>",
-        _header(results, failures, run),
-        _summary(results),
-        _failures(failures),
-        *(_image_section(i, r, run_params) for i, r in enumerate(results, 1)),
-        f"<footer>Generated {_esc(generated)} by kmeans_ops.report</footer>",
-        "</main></body></html>\n",
-    ]
-    return "\n".join(parts)
+    params = run.get("params") if isinstance(run.get("params"), dict) else _common(results, "params")
+    return {
+        "title": "K-means report" + (f" — {_line(run['run_id'])}" if run.get("run_id") else ""),
+        "header": _header(results, failures, run, params),
+        "rows": [_summary_row(i, r) for i, r in enumerate(results, 1)],
+        "failures": [_failure_row(f) for f in failures],
+        "images": [_image(i, r, params, folder) for i, r in enumerate(results, 1)],
+        "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+class _Escaped(str):
+    """Text already escaped for HTML: Jinja2's autoescaping keeps what ``__html__`` returns."""
+
+    def __html__(self) -> str:
+        return self
+
+
+def _finalize(value):
+    """Every ``{{ value }}`` of the templates: None shows as nothing; plain values are escaped with
+    :func:`html.escape` (quotes too: safe in attributes); markup (macro output) is kept."""
+    if hasattr(value, "__html__"):
+        return value
+    return _Escaped(escape("" if value is None else str(value), quote=True))
+
+
+@functools.lru_cache(maxsize=1)
+def environment():
+    """The Jinja2 environment of the report's templates (autoescaping, undefined names are errors)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                              undefined=jinja2.StrictUndefined, finalize=_finalize,
+                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def render_report(results: list[dict], failures: list[dict], run: dict, folder: str | None = None) -> str:
+    """The report page as a string (see :func:`write_report`)."""
+    return environment().get_template("report.html.j2").render(report_context(results, failures, run, folder))
 
 
 def write_report(path: str, results: list[dict], failures: list[dict], run: dict) -> None:
     """Write the run's report to ``path``: one self-contained HTML file, written atomically.
 
     ``results``: the per-image dicts written by :func:`kmeans_ops.reconstruct.finish` (optionally
-    with ``seconds``, ``params``, ``engine``); ``failures``: ``{"source", "error", "stage"}`` dicts;
-    ``run``: ``run_id``, ``dag_id``, ``engine``, ``params``, ``started``, ``finished``, ``output``,
-    any of them missing. The page shows a header (run, engine, parameters, counts, total time), a
-    summary table, the failed images, and per image: before / after thumbnails, the palette, the
-    convergence charts (SSE and largest shift per iteration) and the figures.
+    with ``seconds``, the image's reconstruct time, ``params``, ``engine``, ``frames``,
+    ``warnings``); ``failures``: ``{"source", "error", "stage"}`` dicts; ``run``: ``run_id``,
+    ``dag_id``, ``engine``, ``params``, ``started``, ``finished``, ``output``, ``wall_seconds``
+    (the run's wall time) and ``stages`` (``[[name, seconds], ...]`` in pipeline order), any of
+    them missing. The page shows a header (run, engine, parameters, counts, total time and time
+    per stage), a summary table, the failed images, and per image: warnings, before / after
+    thumbnails, the palette, the convergence charts (SSE and largest shift per iteration) and the
+    figures. Output images are read beside ``path`` first (publish() writes them together).
     """
     from .storage import write_bytes
 
-    # errors="replace": a file name that is not valid UTF-8 (Linux allows it) must not stop the report
-    write_bytes(path, render_report(results, failures, run).encode("utf-8", errors="replace"))
+    page = render_report(results, failures, run, os.path.dirname(os.path.abspath(path)))
+    # errors="replace": a last guard; shown() already turned undecodable bytes of names into \xNN
+    write_bytes(path, page.encode("utf-8", errors="replace"))

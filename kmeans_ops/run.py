@@ -120,3 +120,40 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
         "params": validated.to_json(),
         "images": images,
     }
+
+
+def task_batches(items: list, max_tasks: int | None = None, min_size: int | None = None) -> list[list]:
+    """Items split into consecutive, nearly equal groups, one per mapped task: at most ``max_tasks``
+    groups and at least ``min_size`` items per group (but one group when there are fewer), so a
+    folder of any size maps to a handful of tasks (settings.MAX_STAGE_TASKS)."""
+    from . import settings
+
+    max_tasks = max_tasks or settings.MAX_STAGE_TASKS
+    min_size = min_size or settings.MIN_IMAGES_PER_TASK
+    if not items:
+        return []
+    count = max(1, min(max_tasks, len(items) // min_size))
+    size, extra = divmod(len(items), count)
+    groups, lo = [], 0
+    for i in range(count):
+        hi = lo + size + (1 if i < extra else 0)
+        groups.append(items[lo:hi])
+        lo = hi
+    return groups
+
+
+def batch_label(names: list[str], width: int = 60) -> str:
+    """A mapped task's label: its images' names, shortened to about ``width`` characters."""
+    from .errors import shown
+
+    names = [shown(n) for n in names]
+    label = ", ".join(names)
+    if len(label) <= width:
+        return label
+    kept = []
+    for name in names:
+        if len(", ".join(kept + [name])) > width - 12:
+            break
+        kept.append(name)
+    kept = kept or [names[0][: width - 12]]
+    return f"{', '.join(kept)} (+{len(names) - len(kept)} more)"

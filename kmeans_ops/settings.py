@@ -67,6 +67,10 @@ DEFAULT_SETTLE_SECONDS = 300
 #: CLI: decoded images (and colour tables) up to this many bytes stay in memory between ingest and
 #: reconstruction instead of being decoded again.
 KEEP_BYTES = 512 << 20
+#: DAG: ingest and reconstruction run as at most this many mapped tasks per run, each on a batch of
+#: at least MIN_IMAGES_PER_TASK images (a task costs seconds of scheduling: batch the cheap work).
+MAX_STAGE_TASKS = 8
+MIN_IMAGES_PER_TASK = 3
 #: Nightly: files per triggered run (a bigger folder gives several runs) and runs per night.
 MAX_FILES_PER_RUN = 500
 MAX_RUNS_PER_NIGHT = 200

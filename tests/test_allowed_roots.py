@@ -158,3 +158,37 @@ def test_an_output_that_would_replace_an_input_is_refused(area):
     message = plan_error(conf_for(root, input=[str(run_folder / "coffee.png")]))
     assert message.startswith("output: ") and "would replace the input" in message
     assert (run_folder / "coffee.png").read_bytes() == data
+
+
+# ------------------------------------------------------------------ the nightly DAG's configuration
+def nightly_run(monkeypatch, **variables):
+    for name, value in variables.items():
+        monkeypatch.setenv(f"AIRFLOW_VAR_{name.upper()}", value if isinstance(value, str) else json.dumps(value))
+    dag_run = run_dag("kmeans_nightly", {"settle_seconds": 0})
+    return dag_run, {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def test_nightly_landing_root_or_default_outside_the_roots_fails_and_records_nothing(airflow_db, area, monkeypatch):
+    root, outside = area
+    ledger = root / "ledger.json"
+    monkeypatch.setenv("AIRFLOW_VAR_KMEANS_LEDGER_PATH", str(ledger))
+    monkeypatch.delenv("AIRFLOW_VAR_KMEANS_NIGHTLY_DEFAULTS", raising=False)
+    for variables in ({"kmeans_landing_roots": [str(outside)]},
+                      {"kmeans_landing_roots": [str(root / "in" / ".." / ".." / "outside")]},
+                      {"kmeans_landing_roots": [str(root / "in")],
+                       "kmeans_nightly_defaults": {"output": str(outside / "results")}}):
+        dag_run, states = nightly_run(monkeypatch, **variables)
+        assert dag_run.state == "failed" and states["scan"] == "failed", variables
+        assert not ledger.exists() and not (outside / "results").exists()
+
+
+def test_nightly_skips_a_landed_symlink_that_points_outside(airflow_db, area, monkeypatch):
+    """root/in holds coffee.png and private.png, a symlink to a file outside the roots."""
+    root, _ = area
+    from kmeans_ops import ledger as L
+    from kmeans_ops.paths import AllowedRoots
+
+    found = L.scan([str(root / "in")], settle_seconds=0, allowed=AllowedRoots.from_settings())
+    assert [os.path.basename(f["path"]) for f in found] == ["coffee.png"]
+    # without the allow-list (the CLI has none) the symlinked file is listed too
+    assert len(L.scan([str(root / "in")], settle_seconds=0)) == 2

@@ -35,19 +35,23 @@ def test_task_graph():
     dag = load_dag(DAG_ID)
 
     ids = set(dag.task_ids)
-    assert {"prepare", "ingest", "upload", "converged", "finals", "reconstruct", "publish", "cleanup"} <= ids
+    assert {"prepare", "ingest", "upload", "finals", "reconstruct", "publish", "cleanup"} <= ids
     bound = max(int(t.split(".")[0].split("_")[1]) for t in ids if t.startswith("iteration_"))
     assert bound >= 30
     for i in range(1, bound + 1):
         group = f"iteration_{i:02d}"
-        assert {f"{group}.batches", f"{group}.mapreduce", f"{group}.converge", f"{group}.exit"} <= ids
-        assert dag.get_task(f"{group}.converge").upstream_task_ids >= {f"{group}.mapreduce"}
-        assert f"{group}.exit" in dag.get_task("converged").upstream_task_ids
-    assert dag.get_task("converged").trigger_rule == "none_failed_min_one_success"
-    # mapped: one ingest/reconstruct per image, one MapReduce job per batch
+        # an iteration is two tasks: the mapped MapReduce job and the convergence branch
+        assert sorted(t for t in ids if t.startswith(group + ".")) == [f"{group}.converge", f"{group}.mapreduce"]
+        assert dag.get_task(f"{group}.converge").upstream_task_ids == {f"{group}.mapreduce"}
+        previous = "upload" if i == 1 else f"iteration_{i - 1:02d}.converge"
+        assert dag.get_task(f"{group}.mapreduce").upstream_task_ids == {previous}  # the plan travels the chain
+    # no fan-out from upload into every iteration, no join from every iteration
+    assert dag.get_task("upload").downstream_task_ids == {"iteration_01.mapreduce"}
+    assert dag.get_task("finals").upstream_task_ids == {f"iteration_{bound:02d}.converge"}
+    assert dag.get_task("finals").trigger_rule == "none_failed"
+    # mapped: ingest and reconstruct over batches of images, one MapReduce job per batch
     for task_id in ("ingest", "reconstruct", "iteration_01.mapreduce"):
         assert type(dag.get_task(task_id)).__name__ in ("MappedOperator", "DecoratedMappedOperator")
-    assert dag.get_task("iteration_02.batches").upstream_task_ids >= {"iteration_01.converge"}
     assert "publish" in dag.get_task("cleanup").upstream_task_ids
     assert dag.schedule is None and dag.catchup is False and dag.doc_md and dag.tags
 
@@ -121,12 +125,13 @@ def test_early_exit_still_reconstructs_and_publishes(airflow_db, inputs, tmp_pat
     assert dag_run.state == "success"
     st = states(dag_run)
     last = f"iteration_{max_iterations:02d}"
-    assert st[(f"{last}.exit", -1)] == "success"
+    assert st[(f"{last}.converge", -1)] == "success"
     assert st[("reconstruct", 0)] == "success" and st[("publish", -1)] == "success"
     for i in range(1, max_iterations):
-        assert st[(f"iteration_{i:02d}.exit", -1)] == "skipped"
-    if max_iterations < 30:
-        assert st[(f"iteration_{max_iterations + 1:02d}.batches", -1)] == "skipped"
+        assert st[(f"iteration_{i:02d}.converge", -1)] == "success"
+    for i in range(max_iterations + 1, 31):  # every later iteration skipped at once by the exit
+        assert st[(f"iteration_{i:02d}.converge", -1)] == "skipped"
+        assert st[(f"iteration_{i:02d}.mapreduce", -1)] == "skipped"
     figures = json.load(open(os.path.join(published(dag_run, conf["output"]), "coffee.json")))
     assert figures["iterations"] == max_iterations and figures["converged"] is False
     assert len(figures["history"]) == max_iterations
@@ -142,7 +147,8 @@ def test_exit_on_convergence_in_the_middle(airflow_db, inputs, tmp_path):
     last = max(r["iterations"] for r in results)
     assert 1 < last < 30
     st = states(dag_run)
-    assert st[(f"iteration_{last:02d}.exit", -1)] == "success"
+    assert st[(f"iteration_{last:02d}.converge", -1)] == "success"
+    assert st[(f"iteration_{last + 1:02d}.converge", -1)] == "skipped"
     # batch_size 1: one MapReduce job per image while both move, then only the one still moving
     first = min(r["iterations"] for r in results)
     jobs = [k for k in st if k[0] == "iteration_01.mapreduce"]

@@ -162,11 +162,19 @@ def test_dag_on_yarn_with_data_in_hdfs(hadoop, airflow_db, photos, tmp_path):
 
 
 def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
-    """The nightly scan lists and hashes images on HDFS like local ones: a copy is not new."""
+    """The nightly scan lists and hashes images on HDFS like local ones: a copy is not new. Files
+    just written have not settled (default settle_seconds, 300 s); a file still being uploaded is
+    never taken, whatever settle_seconds: HDFS lists it at length 0 with its creation time, so only
+    the bytes read and the NameNode's "under construction" give it away. Once closed, it is taken."""
+    import hashlib
+    import threading
+    import time
+
     from kmeans_ops import ledger as L
 
     client = hdfs()
     root = client.home() + "/test-landing"
+    uri = f"hdfs://127.0.0.1:8020{root}"
     if client.exists(root):
         client.delete(root)
     client.makedirs(root + "/day1")
@@ -174,13 +182,39 @@ def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
     client.write_bytes(root + "/day1/copy-of-coffee.png", (photos / "coffee.png").read_bytes())
     client.write_bytes(root + "/day1/notes.txt", b"not an image")
     try:
-        found = L.scan([f"hdfs://127.0.0.1:8020{root}"])
-        assert [f["path"] for f in found] == [f"hdfs://127.0.0.1:8020{root}/day1/{n}"
-                                              for n in ("coffee.png", "copy-of-coffee.png")]
+        assert L.scan([uri]) == []  # just written: not settled yet
+        found = L.scan([uri], settle_seconds=0)
+        assert [f["path"] for f in found] == [f"{uri}/day1/{n}" for n in ("coffee.png", "copy-of-coffee.png")]
         assert found[0]["digest"] == L.sha256_file(str(photos / "coffee.png"))
         assert found[0]["size"] == (photos / "coffee.png").stat().st_size
         ledger = L.Ledger.load(str(tmp_path / "ledger.json"))
         assert len(L.new_files(found, ledger)) == 1  # the copy is the same content
+
+        png = (photos / "rocket.png").read_bytes()
+        for head in (png[:8], png[: len(png) // 3]):  # nothing readable yet; a third readable
+            path = root + "/day1/uploading.png"
+            release = threading.Event()
+
+            def body():
+                yield head
+                release.wait(60)
+                yield png[len(head):]
+
+            upload = threading.Thread(target=client.client.write, args=(path,),
+                                      kwargs={"data": body(), "overwrite": True})
+            upload.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not client.exists(path) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(1)  # the DataNode has what it was sent so far
+                assert [f["path"] for f in L.scan([uri], settle_seconds=0)] == [f"{uri}/day1/{n}" for n in (
+                    "coffee.png", "copy-of-coffee.png")]
+            finally:
+                release.set()
+                upload.join()
+            taken = {f["path"]: f for f in L.scan([uri], settle_seconds=0)}[f"{uri}/day1/uploading.png"]
+            assert taken["digest"] == hashlib.sha256(png).hexdigest() and taken["size"] == len(png)
     finally:
         client.delete(root)
 

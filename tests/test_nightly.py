@@ -1,26 +1,73 @@
 """kmeans_nightly: finds new images under the landing roots and triggers kmeans_image_clustering
 once per folder; a ledger keyed by content makes renamed and copied files not redone and changed
-files redone. The DAG tests run the real DAG with dag.test(); the triggered runs stay queued."""
+files redone; files still being written (not settled) are left for a later run. The DAG tests run
+the real DAG with dag.test(); the triggered runs stay queued."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from conftest import ROOT, load_dag, run_dag
 from kmeans_ops import ledger as L
+from kmeans_ops.paths import LocalFS
 from kmeans_ops.samples import write_samples
 
 TARGET = "kmeans_image_clustering"
 VARIABLES = ("KMEANS_LANDING_ROOTS", "KMEANS_NIGHTLY_DEFAULTS", "KMEANS_LEDGER_PATH")
+HOUR = 3600
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def write_samples_bytes(name: str) -> bytes:
+    """The bytes of a real sample photo file (china.jpg, coffee.png, ...)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(write_samples(folder, names=[name])[0], "rb") as handle:
+            return handle.read()
+
+
+def landed_ago(seconds: float, *paths) -> None:
+    """Set the modification time of files, and of every file under folders, ``seconds`` into the
+    past: as if they had landed (and settled) then."""
+    when = time.time() - seconds
+    for path in map(str, paths):
+        files = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names] if os.path.isdir(path) else [path]
+        for name in files:
+            os.utime(name, (when, when))
+
+
+class LogLines(logging.Handler):
+    """The messages logged by kmeans_ops.ledger while in use (``with LogLines() as lines:``)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.level_before = L.log.level
+        L.log.setLevel(logging.DEBUG)
+        L.log.addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc):
+        L.log.removeHandler(self)
+        L.log.setLevel(self.level_before)
 
 
 def target_runs() -> dict[str, dict]:
@@ -136,7 +183,7 @@ def test_scan_hashes_filters_and_dedups(tmp_path):
     handler.emit = lambda record: warnings.append(record.getMessage())
     L.log.addHandler(handler)
     try:
-        found = L.scan([str(land), str(tmp_path / "missing")], exclude=[str(out)])
+        found = L.scan([str(land), str(tmp_path / "missing")], exclude=[str(out)], settle_seconds=0)
     finally:
         L.log.removeHandler(handler)
     assert any(str(tmp_path / "missing") in w for w in warnings), warnings  # reported, not fatal
@@ -176,10 +223,118 @@ def test_record_runs_only_records_existing_runs(tmp_path):
 def test_hashing_reads_in_chunks(tmp_path, monkeypatch):
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(3 * 1000 + 7))
-    monkeypatch.setattr(L, "CHUNK", 1000)
     import hashlib
 
+    from kmeans_ops import paths
+
+    monkeypatch.setattr(paths, "CHUNK", 1000)
     assert L.sha256_file(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- settling: a file is taken only once it has settled ---------------------------------------
+
+S = 1_000_000_000  # ns per second
+
+
+@pytest.mark.parametrize("before, after, now, settle, read, expected", [
+    ((100, 0), (100, 0), 300 * S, 300, None, True),            # exactly settle_seconds old
+    ((100, 0), (100, 0), 299 * S, 300, None, False),           # one second too young
+    ((100, 0), (100, 0), 10 * S, 0, None, True),                # 0: no age required
+    ((100, 50 * S), (100, 50 * S), 10 * S, 0, None, True),      # ... even with an mtime ahead of the clock
+    ((100, 0), (150, 0), HOUR * S, 300, 150, False),            # grew while hashed, mtime kept
+    ((100, 0), (100, 1), HOUR * S, 300, 100, False),            # touched while hashed, same size
+    ((100, 0), (100, 0), HOUR * S, 0, 100, True),               # unchanged, whole size read
+    ((0, 0), (0, 0), HOUR * S, 300, 352_256, False),            # HDFS: listed 0 (no block complete), read more
+    ((100, 0), (100, 0), HOUR * S, 300, 60, False),             # read less than listed
+])
+def test_settled_rule(before, after, now, settle, read, expected):
+    assert L.settled(before, after, now, settle, read) is expected
+
+
+def test_a_file_written_while_hashed_is_not_taken(tmp_path):
+    """A real file, idle for an hour, that a writer thread appends to after the scan's first look
+    and before its second: not taken, and logged with why, its age and the setting. Unchanged, the
+    same file is taken with its digest."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(write_samples_bytes("coffee.png"))
+    landed_ago(HOUR, path)
+    hashing, written = threading.Event(), threading.Event()
+
+    def writer():
+        hashing.wait(30)
+        with open(path, "ab") as handle:
+            handle.write(b"\0" * 4096)
+        written.set()
+
+    def sha256_while_written():
+        hashing.set()
+        assert written.wait(30)
+        return LocalFS().sha256(str(path))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with LogLines() as lines:
+        taken = L.hash_if_settled(str(path), lambda: L._stamp(LocalFS(), str(path)), sha256_while_written, 300)
+    thread.join()
+    assert taken is None
+    assert len(lines) == 1 and str(path) in lines[0] and "changed while being hashed" in lines[0]
+    assert "settle_seconds 300" in lines[0] and re.search(r"last modified [0-9] s ago", lines[0]), lines
+
+    landed_ago(HOUR, path)  # the writer is done: an hour later, it has settled
+    with LogLines() as lines:
+        taken = L.hash_if_settled(str(path), lambda: L._stamp(LocalFS(), str(path)), lambda: LocalFS().sha256(str(path)), 300)
+    assert taken == (L.sha256_file(str(path)), path.stat().st_size) and lines == []
+
+
+def test_scan_skips_a_file_growing_during_the_scan(tmp_path):
+    """A real 64 MB file that a writer thread keeps appending to while the scan hashes it: with
+    settle_seconds 0 (no age required) it is still not taken, because it changed while hashed; its
+    settled neighbour is. Once the writer stops, the next scan takes it."""
+    land = tmp_path / "land"
+    land.mkdir()
+    steady = land / "a-steady.png"
+    steady.write_bytes(write_samples_bytes("coffee.png"))
+    growing = land / "b-growing.png"
+    growing.write_bytes(os.urandom(64 << 20))
+    stop, appended = threading.Event(), threading.Event()
+
+    def writer():
+        with open(growing, "ab", buffering=0) as handle:
+            while not stop.is_set():
+                handle.write(b"\1" * 1024)
+                appended.set()
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert appended.wait(30)
+        with LogLines() as lines:
+            found = L.scan([str(land)], settle_seconds=0)
+    finally:
+        stop.set()
+        thread.join()
+    assert [f["path"] for f in found] == [str(steady)]
+    assert [line for line in lines if str(growing) in line and "changed while being hashed" in line], lines
+
+    found = L.scan([str(land)], settle_seconds=0)
+    assert [f["path"] for f in found] == [str(steady), str(growing)]
+    assert found[1]["size"] == growing.stat().st_size and found[1]["digest"] == L.sha256_file(str(growing))
+
+
+def test_scan_leaves_young_files_unhashed_and_logs_them(tmp_path):
+    """A file modified less than settle_seconds ago is logged (age, setting) and not even hashed:
+    it is left out of the scan until it is old enough."""
+    land = tmp_path / "land"
+    old, young = write_samples(str(land), names=["china.jpg", "coffee.png"])
+    landed_ago(HOUR, old)
+    landed_ago(100, young)
+    with LogLines() as lines:
+        found = L.scan([str(land)], settle_seconds=300)
+    assert [f["path"] for f in found] == [old]
+    assert lines == [f"{young}: not settled, left for a later run (last modified 100 s ago; settle_seconds 300)"]
+    assert [f["path"] for f in L.scan([str(land)], settle_seconds=100)] == [old, young]
+    assert [f["path"] for f in L.scan([str(land)])] == [old]  # the default: 300 s
 
 
 # --- the DAG file ----------------------------------------------------------------------------
@@ -206,6 +361,10 @@ def test_dag_shape_and_allowed_defaults(airflow_db):
     assert set(dag.task_dict) == {"scan", "trigger", "record"}
     assert dag.task_dict["record"].trigger_rule == "all_done"
     assert dag.params["landing_roots"] == [] and dag.params["dry_run"] is False
+    assert dag.params["settle_seconds"] is None  # null: the defaults Variable's, else the default
+    schema = dag.params.get_param("settle_seconds").schema
+    assert schema["minimum"] == 0 and "integer" in schema["type"] and schema["title"]
+    assert str(L.settings.DEFAULT_SETTLE_SECONDS) in dag.params.get_param("settle_seconds").description
     # the keys a default may set are exactly kmeans_image_clustering's params but "input"
     import importlib.util
 
@@ -215,9 +374,23 @@ def test_dag_shape_and_allowed_defaults(airflow_db):
     TARGET_PARAMS, check_defaults = module.TARGET_PARAMS, module.check_defaults
 
     assert set(TARGET_PARAMS) == set(load_dag(TARGET).params) - {"input"}
-    check_defaults({"k": 8, "engine": "local"})
+    assert not set(module.NIGHTLY_KEYS) & set(load_dag(TARGET).params)  # the nightly's own keys
+    check_defaults({"k": 8, "engine": "local", "settle_seconds": 60})
     with pytest.raises(ValueError, match="unknown key.*colours, input"):
         check_defaults({"k": 8, "colours": 3, "input": ["/x"]})
+    assert module.target_conf({"k": 8, "settle_seconds": 60}) == {"k": 8}
+
+    # settle_seconds: the run's param, else the defaults Variable's key, else the default
+    settle = module.settle_seconds
+    default = L.settings.DEFAULT_SETTLE_SECONDS
+    assert settle(None, {})[0] == default == 300
+    assert settle(None, {"settle_seconds": 0})[0] == 0
+    assert settle(None, {"settle_seconds": 900}) == (900, "Variable kmeans_nightly_defaults")
+    assert settle(5, {"settle_seconds": 900}) == (5, "the run's param")
+    assert settle(0, {"settle_seconds": 900})[0] == 0  # 0 given explicitly is not "unset"
+    for bad in (-1, 2.5, "60", True):
+        with pytest.raises(ValueError, match="kmeans_nightly_defaults: settle_seconds must be an integer >= 0"):
+            settle(None, {"settle_seconds": bad})
 
 
 # --- real DAG runs ---------------------------------------------------------------------------
@@ -228,6 +401,7 @@ def test_new_renamed_copied_and_changed_files(airflow_db, config):
     write_samples(str(land / "a"), names=["china.jpg", "coffee.png"])
     write_samples(str(land / "b"), names=["chelsea.png"])
     shutil.copy(land / "a" / "china.jpg", land / "b" / "dup.jpg")  # a copy in the same scan
+    landed_ago(HOUR, land)
     config.set("kmeans_landing_roots", [str(land), str(land.parent / "not-there")])
     config.set("kmeans_ledger_path", str(config.ledger))
     config.set("kmeans_nightly_defaults", {"k": 4, "engine": "local"})
@@ -252,12 +426,14 @@ def test_new_renamed_copied_and_changed_files(airflow_db, config):
     os.rename(land / "b" / "chelsea.png", land / "b" / "cat.png")
     os.makedirs(land / "c")
     shutil.copy(land / "a" / "coffee.png", land / "c" / "coffee-copy.png")
+    landed_ago(HOUR, land)
     state, runs, _ = nightly()
     assert state == "success"
     assert runs == [{"k": 4, "engine": "local", "input": [str(land / "a" / "rocket.png")]}]
 
     # 4. a changed file (same name, new content) triggers again
     shutil.copy(write_samples(str(land.parent / "elsewhere"), names=["astronaut.png"])[0], land / "a" / "coffee.png")
+    landed_ago(HOUR, land / "a" / "coffee.png")
     state, runs, _ = nightly()
     assert state == "success"
     assert runs == [{"k": 4, "engine": "local", "input": [str(land / "a" / "coffee.png")]}]
@@ -273,10 +449,14 @@ def test_no_configuration_triggers_nothing(airflow_db, config):
 
 def test_dry_run_triggers_and_records_nothing(airflow_db, config):
     write_samples(str(config.landing / "a"), names=["china.jpg"])
+    landed_ago(HOUR, config.landing)
     config.set("kmeans_ledger_path", str(config.ledger))
     # landing roots from the run's params (no Variable)
     assert nightly({"landing_roots": [str(config.landing)], "dry_run": True}) == ("success", [], NOTHING_NEW)
     assert not config.ledger.exists()
+    # the same run without dry_run would have triggered it
+    state, runs, _ = nightly({"landing_roots": [str(config.landing)]})
+    assert state == "success" and [r["input"] for r in runs] == [[str(config.landing / "a" / "china.jpg")]]
 
 
 def test_unknown_default_key_fails_the_run(airflow_db, config):
@@ -292,6 +472,7 @@ def test_unknown_default_key_fails_the_run(airflow_db, config):
 def test_failed_trigger_records_nothing_and_fails_the_run(airflow_db, config):
     write_samples(str(config.landing / "a"), names=["china.jpg"])
     write_samples(str(config.landing / "b"), names=["coffee.png"])
+    landed_ago(HOUR, config.landing)
     config.set("kmeans_landing_roots", [str(config.landing)])
     config.set("kmeans_ledger_path", str(config.ledger))
     config.set("kmeans_nightly_defaults", {"k": 0})  # kmeans_image_clustering refuses it: trigger fails
@@ -307,6 +488,7 @@ def test_rerun_of_the_same_nightly_run_does_not_trigger_twice(airflow_db, config
 
     write_samples(str(config.landing / "a"), names=["china.jpg"])
     write_samples(str(config.landing / "b"), names=["coffee.png"])
+    landed_ago(HOUR, config.landing)
     config.set("kmeans_landing_roots", [str(config.landing)])
     config.set("kmeans_ledger_path", str(config.ledger))
     when = datetime.now(timezone.utc)
@@ -323,3 +505,67 @@ def test_rerun_of_the_same_nightly_run_does_not_trigger_twice(airflow_db, config
     assert task_states(again.run_id) == {"scan": "success", "trigger": ["skipped", "skipped"], "record": "success"}
     assert set(target_runs()) - set(before) == triggered  # nothing new
     assert {e["run_id"] for e in L.Ledger.load(str(config.ledger)).files.values()} == triggered
+
+
+def test_a_file_being_written_is_taken_once_complete_and_settled(airflow_db, config):
+    """The bug: a PNG hashed, triggered and recorded while half copied, then again once complete.
+    Now a half-written PNG (modified just now) is neither triggered nor recorded; complete but just
+    written, still not; once settled (default settle_seconds, 300 s), taken once, whole."""
+    land = config.landing
+    (done,) = write_samples(str(land / "a"), names=["china.jpg"])
+    landed_ago(HOUR, done)
+    png = write_samples_bytes("astronaut.png")
+    partial = land / "a" / "astronaut.png"
+    partial.write_bytes(png[: len(png) // 3])  # a copy in progress
+    config.set("kmeans_landing_roots", [str(land)])
+    config.set("kmeans_ledger_path", str(config.ledger))
+
+    state, runs, _ = nightly()
+    assert state == "success" and [r["input"] for r in runs] == [[done]]
+    recorded = {e["path"] for e in L.Ledger.load(str(config.ledger)).files.values()}
+    assert recorded == {done}
+
+    partial.write_bytes(png)  # the copy completes, just now
+    assert nightly() == ("success", [], NOTHING_NEW)
+    assert len(L.Ledger.load(str(config.ledger))) == 1
+
+    landed_ago(301, partial)  # five minutes later, unchanged
+    state, runs, _ = nightly()
+    assert state == "success" and [r["input"] for r in runs] == [[str(partial)]]
+    import hashlib
+
+    entries = L.Ledger.load(str(config.ledger)).files
+    assert entries[hashlib.sha256(png).hexdigest()]["size"] == len(png)  # the whole file, once
+    assert hashlib.sha256(png[: len(png) // 3]).hexdigest() not in entries and len(entries) == 2
+    assert nightly() == ("success", [], NOTHING_NEW)
+
+
+def test_settle_seconds_from_the_defaults_variable_is_not_forwarded(airflow_db, config):
+    """settle_seconds in kmeans_nightly_defaults is the nightly's own: used for the scan, never put
+    in the triggered run's conf (kmeans_image_clustering would refuse it). The run's param wins."""
+    (photo,) = write_samples(str(config.landing / "a"), names=["coffee.png"])
+    landed_ago(600, photo)  # older than the default 300 s, younger than the Variable's hour
+    config.set("kmeans_landing_roots", [str(config.landing)])
+    config.set("kmeans_ledger_path", str(config.ledger))
+    config.set("kmeans_nightly_defaults", {"k": 4, "settle_seconds": HOUR})
+
+    assert nightly() == ("success", [], NOTHING_NEW)  # the Variable's hour: not settled
+    assert not config.ledger.exists()
+
+    state, runs, tis = nightly({"settle_seconds": 60})  # the run's param wins
+    assert (state, tis["trigger"]) == ("success", ["success"])
+    assert runs == [{"k": 4, "input": [photo]}]  # no settle_seconds forwarded
+
+
+def test_bad_settle_seconds_fails_the_run_naming_it(airflow_db, config):
+    write_samples(str(config.landing / "a"), names=["coffee.png"])
+    landed_ago(HOUR, config.landing)
+    config.set("kmeans_landing_roots", [str(config.landing)])
+    config.set("kmeans_ledger_path", str(config.ledger))
+    config.set("kmeans_nightly_defaults", {"settle_seconds": -5})
+    assert nightly() == ("failed", [], {"scan": "failed", "trigger": ["upstream_failed"], "record": "failed"})
+    assert not config.ledger.exists()
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="settle_seconds"):
+        run_dag("kmeans_nightly", {"settle_seconds": -1})

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import photo_bgr, run_cli
+from kmeans_ops.errors import shown
 from kmeans_ops.report import THUMB_SIDE, thumbnail_data_uri, write_report
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -255,8 +256,12 @@ def test_report_without_failures_says_none(cli_run, tmp_path):
     words = plain(page)
     assert "None: every image was processed." in words
     assert "2 images done 0 failed" in words
-    assert "5.00 s total time (sum of per-image times)" in words
-    assert "2.50 s" in words
+    # no wall time recorded: the total says so (the sum of per-image times is not the run's time)
+    assert "not recorded total time" in words and "Total time not recorded" in words
+    assert "5.00 s" not in words
+    assert "Time per stage: not recorded." in words
+    assert "Reconstruct time 2.50 s" in words  # each image's own time, labelled as what it is
+    assert words.count("2.50 s") == 2 * len(results)  # in the table and in each section
     assert "local" in words  # engine taken from the results
     assert os.listdir(tmp_path) == ["r.html"]
 
@@ -357,3 +362,213 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------
+# Run time, warnings, hostile names, templates
+
+STAGES = [["ingest", 3.1], ["iterations", 8.2], ["reconstruct", 2.0], ["publish", 0.4]]
+
+
+class Rows(HTMLParser):
+    """The text of each cell, row by row, and each row's attributes, of the first
+    ``<table class="...">`` with the given class."""
+
+    def __init__(self, table_class: str):
+        super().__init__(convert_charrefs=True)
+        self.table_class, self.inside, self.rows, self.attrs = table_class, False, [], []
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and (a.get("class") or "") == self.table_class and not self.rows:
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+            self.attrs.append([])
+        elif self.inside and tag in ("td", "th"):
+            self._cell = []
+            self.rows[-1].append(self._cell)
+        elif self.inside and self.rows:
+            self.attrs[-1].append(a)
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        if tag in ("td", "th"):
+            self._cell = None
+
+    def handle_data(self, data):
+        if self.inside and self._cell is not None:
+            self._cell.append(data)
+
+    def table(self):
+        return [[re.sub(r"\s+", " ", "".join(c)).strip() for c in row] for row in self.rows]
+
+
+def table_rows(text: str, table_class: str):
+    rows = Rows(table_class)
+    rows.feed(text)
+    return rows.table(), rows.attrs
+
+
+def test_wall_time_and_time_per_stage(cli_run, tmp_path):
+    """The run's wall time is the total (not started/finished, not a sum of images); each stage has
+    its time and share, in pipeline order, and the time outside the stages has a row of its own."""
+    _, results, _ = cli_run
+    path = tmp_path / "r.html"
+    write_report(str(path), [dict(r, seconds=0.75) for r in results], [],
+                 dict(RUN, wall_seconds=75.5, stages=STAGES))
+    text = path.read_text(encoding="utf-8")
+    words = plain(parse(text))
+    assert "1 min 16 s total time" in words
+    assert "Total time 1 min 16 s (wall clock, from the run's start to publication)" in words
+    assert "1 min 05 s" not in words  # started/finished are shown, but the wall time is the total
+    assert "Wall seconds" not in words  # not listed again among the run's other details
+    rows, attrs = table_rows(text, "stages")
+    assert rows[0] == ["Stage", "Time", "Share of the total"]
+    assert rows[1:] == [["ingest", "3.10 s", "4 %"], ["iterations", "8.20 s", "11 %"],
+                        ["reconstruct", "2.00 s", "3 %"], ["publish", "0.40 s", "1 %"],
+                        ["outside the stages (scheduling, waiting)", "1 min 02 s", "82 %"]]
+    widths = [float(re.search(r"width:([0-9.]+)%", a.get("style", "")).group(1))
+              for row in attrs[1:] for a in row if "width:" in a.get("style", "")]
+    assert len(widths) == 5 and abs(sum(widths) - 100) < 0.05
+    assert abs(widths[0] - 100 * 3.1 / 75.5) < 0.01
+    summary, _ = table_rows(text, "")  # the images table (it has no class)
+    assert summary[0][0] == "Image" and summary[0][-1] == "Reconstruct time"
+    assert [row[-1] for row in summary[1:]] == ["0.75 s"] * len(results)
+
+
+def test_stages_without_wall_time_and_started_finished_fallback(cli_run, tmp_path):
+    _, results, _ = cli_run
+    path = tmp_path / "r.html"
+    # stages but no wall time: shares of the stages' sum, no "outside" row, the total not recorded
+    write_report(str(path), results, [], {"stages": [["ingest", 1.0], ["iterations", 3.0], ["bad"], "x"]})
+    text = path.read_text(encoding="utf-8")
+    words = plain(parse(text))
+    assert "Total time not recorded" in words
+    rows, _ = table_rows(text, "stages")
+    assert rows[1:] == [["ingest", "1.00 s", "25 %"], ["iterations", "3.00 s", "75 %"]]
+    # no wall time, no stages, but started and finished: their difference is the total
+    write_report(str(path), results, [], {"started": RUN["started"], "finished": RUN["finished"],
+                                           "wall_seconds": None})
+    words = plain(parse(path.read_text(encoding="utf-8")))
+    assert "Total time 1 min 05 s (wall clock, from started to finished)" in words
+    assert "Time per stage: not recorded." in words
+
+
+@pytest.fixture(scope="module")
+def multi_frame_result(tmp_path_factory):
+    """A real 3-page TIFF through the real CLI: its result says the first page was used."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("frames")
+    pages = [Image.fromarray(photo_bgr(name)[..., ::-1].copy()).resize((240, 160)) for name in ("chelsea", "coffee", "china")]
+    source = root / "pages.tiff"
+    pages[0].save(source, save_all=True, append_images=pages[1:])
+    status, err = run_cli("quantize", source, "-k", 4, "--out", root / "out", "-q")
+    assert status == 0, err
+    (result,) = [json.load(open(p, encoding="utf-8")) for p in glob.glob(str(root / "out" / "*.json"))]
+    assert result["frames"] == 3 and result["warnings"] == ["first frame of 3 used"]
+    return result
+
+
+def test_warnings_shown_in_the_section_and_the_table(multi_frame_result, cli_run, tmp_path):
+    _, results, _ = cli_run
+    hostile = '<b>odd</b> "warning" & co\nsecond line'
+    warned = dict(multi_frame_result, warnings=multi_frame_result["warnings"] + [hostile])
+    path = tmp_path / "r.html"
+    write_report(str(path), [results[0], warned], [], {})
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert "<b>odd" not in text and "second line" in text
+    one_line = html.escape(shown(hostile))  # '\n' shown as a backslash and an n
+    assert "\\nsecond line" in one_line
+    # in the image's section, one item per warning, escaped, each on one line
+    plain_section = re.sub(r"\s+", " ", " ".join(page.sections[1]["text"]))
+    assert "Warnings first frame of 3 used" in plain_section
+    assert f"<li>{one_line}</li>" in text
+    assert "Frames 3 (first used)" in plain_section
+    assert "first frame" not in " ".join(page.sections[0]["text"])  # the other image has none
+    # in the summary table: a marker on the warned image's row only, the warnings in its title
+    rows, attrs = table_rows(text, "")
+    marks = [[a for a in row if a.get("class") == "warn-mark"] for row in attrs[1:]]
+    assert [len(m) for m in marks] == [0, 1]
+    assert marks[1][0]["title"] == "first frame of 3 used; " + shown(hostile)
+    assert "⚠" in rows[2][0] and rows[2][0].startswith("pages.tiff")
+
+
+def test_hostile_file_name_escaped_and_on_one_line(tmp_path):
+    """A real image whose name holds <script>, quotes, & and a newline, and a failure naming it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = 'evil <script>alert(1) & "x"\nline2.png'
+    assert cv2.imwrite(str(folder / "a.png"), photo_bgr("chelsea")[::4, ::4])
+    os.rename(folder / "a.png", folder / name)
+    status, err = run_cli("quantize", folder, "-k", 4, "--out", tmp_path / "out", "-q")
+    assert status == 0, err
+    (result,) = [json.load(open(p, encoding="utf-8")) for p in glob.glob(str(tmp_path / "out" / "*.json"))]
+    assert result["source"].endswith(name)
+    failure = {"source": str(folder / name), "error": f"{shown(folder / name)}: not an image", "stage": "ingest"}
+    path = tmp_path / "out" / "report.html"
+    write_report(str(path), [result], [failure], {"run_id": "r\n<script>", "output": str(tmp_path / "out")})
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert "<script" not in text.lower()
+    escaped = html.escape(shown(name))
+    assert escaped == "evil &lt;script&gt;alert(1) &amp; &quot;x&quot;\\nline2.png"
+    assert html.escape(name) not in text  # the raw newline never reaches the page
+    # every place the name appears holds all of it on one line: heading, table, paths, failure, alt
+    lines = [line for line in text.splitlines() if "line2.png" in line]
+    assert len(lines) >= 5
+    for line in lines:
+        assert "evil &lt;script&gt;alert(1) &amp; &quot;x&quot;\\nline2.png" in line, line[:300]
+    assert "evil <script>alert(1) & \"x\"\\nline2.png" in plain(page)  # what the reader sees
+    assert len(page.sections) == 1 and len(page.sections[0]["imgs"]) == 2  # both thumbnails
+    assert "r\\n&lt;script&gt;" in text
+
+
+def test_images_read_beside_the_report_before_publication(cli_run, tmp_path):
+    """publish() writes the report in a staging folder while each result names the final folder:
+    the "after" thumbnails come from the images beside the report, and the published report has them."""
+    import shutil
+
+    from kmeans_ops.publish import final_dir, publish, staging_dir
+
+    out, results, _ = cli_run
+    root = str(tmp_path / "results")
+    staging, final = staging_dir(root, "run1"), final_dir(root, "run1")
+    os.makedirs(staging)
+    named = []
+    for r in results:
+        shutil.copy(r["output"], staging)
+        named.append(dict(r, output=os.path.join(final, os.path.basename(r["output"]))))
+    assert publish(root, "run1", named, [], {"wall_seconds": 4.25, "stages": STAGES}) == final
+    text = open(os.path.join(final, "report.html"), encoding="utf-8").read()
+    page = parse(text)
+    assert [len(s["imgs"]) for s in page.sections] == [2, 2]
+    assert "output image could not be read" not in plain(page)
+    assert "4.25 s total time" in plain(page)
+
+
+def test_rendered_from_templates_in_the_package_without_airflow(tmp_path):
+    """The page comes from kmeans_ops/templates (no HTML built in report.py), and rendering it
+    imports Jinja2 but not Airflow."""
+    import subprocess
+    import sys
+
+    import kmeans_ops.report as report
+
+    package = os.path.dirname(os.path.abspath(report.__file__))
+    assert os.path.dirname(report.TEMPLATE_DIR) == package
+    assert {"report.html.j2", "_macros.html.j2", "report.css"} <= set(os.listdir(report.TEMPLATE_DIR))
+    source = open(report.__file__, encoding="utf-8").read()
+    for tag in ("<html", "<section", "<table", "<svg", "<div", "<tr", "<img", "<span"):
+        assert tag not in source, tag
+    code = ("import sys; from kmeans_ops.report import render_report; "
+            "page = render_report([], [], {'run_id': 'x'}); "
+            "print(page.startswith('<!DOCTYPE html>'), 'jinja2' in sys.modules, "
+            "any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(package))
+    assert out.stdout.split() == ["True", "True", "False"]
