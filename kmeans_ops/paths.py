@@ -35,7 +35,7 @@ from .params import ParamError
 log = logging.getLogger(__name__)
 
 #: File name endings read as images (OpenCV decodes them); anything else in a folder is ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif")
 GLOB_CHARS = "*?["
 CHUNK = 1 << 20  # bytes read at a time when hashing
 
