@@ -16,6 +16,7 @@ KMEANS_WORK_ROOT            local work areas of DAG runs                   <home
 KMEANS_MAX_PIXELS           pixel budget per image (checked from header)   100000000
 KMEANS_ITERATION_BOUND      parse-time number of iteration steps (DAG)     30
 KMEANS_HADOOP_FRAMEWORK     ``yarn`` or ``local`` (LocalJobRunner)          yarn
+KMEANS_HADOOP_UBER          small jobs in uber mode (``true``/``false``)    true
 KMEANS_STREAMING_PYTHON     interpreter of the streaming tasks             this Python
 KMEANS_HDFS_WORK_ROOT       HDFS work areas                                /user/<login>/kmeans-work
 KMEANS_HADOOP_TIMEOUT       seconds a Hadoop job may take                  1800
@@ -161,6 +162,14 @@ def hadoop_framework() -> str:
     if framework not in ("yarn", "local"):
         raise SettingError(f"KMEANS_HADOOP_FRAMEWORK must be 'yarn' or 'local', got {framework!r}")
     return framework
+
+
+def hadoop_uber() -> bool:
+    """Whether small jobs run in MapReduce's uber mode (tasks inside the ApplicationMaster)."""
+    value = env("KMEANS_HADOOP_UBER", "true").lower()
+    if value not in ("true", "false"):
+        raise SettingError(f"KMEANS_HADOOP_UBER must be 'true' or 'false', got {value!r}")
+    return value == "true"
 
 
 def streaming_python() -> str:

@@ -105,9 +105,11 @@ def test_dag_with_hdfs_unreachable_publishes_nothing_then_rerun_succeeds(datanod
     assert digest(images / "rocket.png") == before
 
 
-def test_killed_container_is_retried_and_the_job_succeeds(hadoop):  # noqa: F811
+def test_killed_container_is_retried_and_the_job_succeeds(hadoop, monkeypatch):  # noqa: F811
     """SIGKILL a map task's container JVM on YARN: MapReduce runs the attempt again, the iteration
-    succeeds with the same centroids as the embedded engine."""
+    succeeds with the same centroids as the embedded engine. (Uber mode off: in uber mode a small
+    job's tasks run inside the ApplicationMaster, with no task container to kill.)"""
+    monkeypatch.setenv("KMEANS_HADOOP_UBER", "false")
     params = P.validate(k=6, max_iter=1, delta=0)
     local = WorkArea(tempfile.mkdtemp())
     names = ["astronaut", "coffee", "rocket", "chelsea"]
