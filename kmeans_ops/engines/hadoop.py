@@ -216,6 +216,7 @@ class HadoopEngine:
             with open(package, "wb") as handle:
                 handle.write(package_zip())
             task = f"{self.python} -m kmeans_ops.streaming"
+            uber = settings.hadoop_uber() and self.framework == "yarn"
             options = ["-D", f"mapreduce.job.name=kmeans iteration {iteration} ({len(image_ids)} images)",
                        # One reducer: the shuffle carries K records per image and map task, so one
                        # reducer is never the bottleneck, and it lets a small job run in uber mode.
@@ -224,7 +225,7 @@ class HadoopEngine:
                        # its tasks inside the ApplicationMaster's container instead of starting a
                        # container per task (measured: 20-27 s -> 11-13 s per iteration on the dev
                        # cluster). Larger jobs run as usual. KMEANS_HADOOP_UBER=false turns it off.
-                       "-D", f"mapreduce.job.ubertask.enable={str(settings.hadoop_uber()).lower()}",
+                       "-D", "mapreduce.job.ubertask.enable=true" if uber else "mapreduce.job.ubertask.enable=false",
                        # The client asks whether the job is done every 5 s by default: ask every 0.5 s.
                        "-D", "mapreduce.client.completion.pollinterval=500",
                        "-D", "mapreduce.map.maxattempts=2", "-D", "mapreduce.reduce.maxattempts=2"]
@@ -239,7 +240,19 @@ class HadoopEngine:
                 "-combiner", f"{task} combine centroids.tsv",
                 "-reducer", f"{task} reduce centroids.tsv {float(delta)!r}",
             ]
-            self._submit(command, iteration, len(image_ids))
+            try:
+                self._submit(command, iteration, len(image_ids))
+            except HadoopJobError:
+                if not uber:
+                    raise
+                # In uber mode the failing task ran inside the ApplicationMaster, whose task logs the
+                # JobHistory server does not list: run the job once more in task containers, which
+                # retries it the usual way and, if it fails again, gives the failing task's stderr.
+                log.warning("iteration %d failed in uber mode; running it again in task containers", iteration)
+                if self.hdfs.exists(output):
+                    self.hdfs.delete(output)
+                self._submit([o.replace("mapreduce.job.ubertask.enable=true", "mapreduce.job.ubertask.enable=false")
+                              for o in command], iteration, len(image_ids))
         lines = []
         for name in sorted(self.hdfs.list(output)):
             if name.startswith("part-"):
