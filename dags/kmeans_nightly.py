@@ -69,11 +69,13 @@ def failing_on(*errors: type[Exception]):
 def check_defaults(defaults: dict) -> None:
     """settings.SettingError (a ValueError) naming the keys of ``defaults`` that are neither params
     of kmeans_image_clustering nor this DAG's own (NIGHTLY_KEYS)."""
+    from kmeans_ops.errors import shown
+
     allowed = (*TARGET_PARAMS, *NIGHTLY_KEYS)
     unknown = sorted(set(defaults) - set(allowed))
-    if unknown:
+    if unknown:  # named on one line each (a key is the Variable's text: control characters escaped)
         raise settings.SettingError(f"Variable {settings.VAR_NIGHTLY_DEFAULTS}: unknown key(s) "
-                                    f"{', '.join(unknown)}; allowed: {', '.join(allowed)}")
+                                    f"{', '.join(shown(key) for key in unknown)}; allowed: {', '.join(allowed)}")
 
 
 def target_conf(defaults: dict) -> dict:
@@ -142,6 +144,7 @@ def kmeans_nightly():
         from airflow.sdk.exceptions import AirflowFailException
 
         from kmeans_ops import ledger as L
+        from kmeans_ops.errors import shown
         from kmeans_ops.params import INIT_METHODS, ParamError
         from kmeans_ops.paths import AllowedRoots
 
@@ -174,8 +177,8 @@ def kmeans_nightly():
             exclude = [defaults.get("output") or settings.output_root(), settings.work_root()]
             found = L.scan(roots, exclude=exclude, settle_seconds=settle, allowed=allowed)
         new = L.new_files(found, ledger)
-        log.info("%d settled image(s) under %s, %d new (ledger %s: %d known)", len(found), roots, len(new),
-                 ledger.path, len(ledger))
+        log.info("%d settled image(s) under %s, %d new (ledger %s: %d known)", len(found),
+                 ", ".join(shown(root) for root in roots), len(new), shown(ledger.path), len(ledger))
 
         plans = []
         for group in L.group_by_folder(new, settings.MAX_FILES_PER_RUN):

@@ -15,12 +15,18 @@ import getpass
 import logging
 import os
 import posixpath
+import re
 import time
 import uuid
+
+from .errors import shown
 
 logging.getLogger("hdfs").setLevel(logging.WARNING)
 
 CONN_ID = "webhdfs_default"
+#: A URL's query string (``?op=OPEN&user.name=bob&delegation=...``), in a URL with or without its
+#: scheme and host (requests quotes ``url: /webhdfs/v1/x?op=...``): up to a blank, quote or bracket.
+_QUERY = re.compile(r"\?[^\s'\"<>()\[\]]*=[^\s'\"<>()\[\]]*")
 
 
 class HdfsError(RuntimeError):
@@ -34,6 +40,12 @@ def _default_connection() -> None:
     dev = webhdfs_dev_connection()
     if dev:
         os.environ["AIRFLOW_CONN_WEBHDFS_DEFAULT"] = dev
+
+
+def without_queries(text: str) -> str:
+    """``text`` (an error of WebHDFS, requests or urllib3) on one printable line, every URL's query
+    string removed: WebHDFS puts ``user.name=`` and ``delegation=`` (a token) in its URLs."""
+    return shown(_QUERY.sub("", text))
 
 
 def _transient(err: BaseException) -> bool:
@@ -87,10 +99,12 @@ class Hdfs:
                 return fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - classified below
                 if attempt < self.retries and _transient(err):
-                    logging.getLogger(__name__).warning("HDFS %s %s failed (%s); retrying", what, path, err)
+                    logging.getLogger(__name__).warning("HDFS %s %s failed (%s); retrying", what, shown(path),
+                                                        without_queries(str(err)))
                     time.sleep(self.backoff * 2**attempt)
                     continue
-                raise HdfsError(f"HDFS {what} {path} on {self.namenode} failed: {err}") from err
+                raise HdfsError(f"HDFS {what} {shown(path)} on {without_queries(self.namenode)} failed: "
+                                f"{without_queries(str(err))}") from err
 
     # ------------------------------------------------------------ reads
     def exists(self, path: str) -> bool:
@@ -125,7 +139,7 @@ class Hdfs:
         try:
             self.client.delete(tmp, recursive=True)
         except Exception:  # noqa: BLE001
-            logging.getLogger(__name__).warning("could not remove %s on %s", tmp, self.namenode)
+            logging.getLogger(__name__).warning("could not remove %s on %s", shown(tmp), without_queries(self.namenode))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         tmp = self._tmp(path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from datetime import datetime, timezone
 
@@ -38,6 +39,8 @@ VERSION = 1
 #: A folder holding both files is a published run of kmeans_image_clustering (kmeans_ops.publish).
 PUBLISHED_MARKERS = ("summary.json", "report.html")
 NS = 1_000_000_000
+#: A key of the ledger's "files": a SHA-256 hex digest, as hashlib writes it.
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 #: A file's (size in bytes, modification time in ns since the epoch), as read at one moment.
 Stamp = tuple[int, int]
@@ -58,25 +61,30 @@ class Ledger:
     def load(cls, path: str) -> Ledger:
         """The ledger stored at ``path``: empty if the file does not exist, LedgerError if corrupt."""
         path = os.path.abspath(os.path.expanduser(path))
+        name = shown(path)
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
         except FileNotFoundError:
             return cls(path)
-        except (OSError, UnicodeDecodeError) as err:
-            raise LedgerError(f"ledger {path}: cannot read it ({err})") from None
+        except UnicodeDecodeError:  # its text quotes the byte found: say what was expected instead
+            raise LedgerError(f"ledger {name}: cannot read it (not UTF-8; expected a JSON file)") from None
+        except OSError as err:
+            raise LedgerError(f"ledger {name}: cannot read it ({err.strerror or type(err).__name__})") from None
         fix = "repair it, or move it aside to start an empty ledger (every landed image is then processed again)"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise LedgerError(f"ledger {path} is corrupt (not JSON: {err}); {fix}") from None
+            raise LedgerError(f"ledger {name} is corrupt (not JSON at line {err.lineno} column {err.colno}); "
+                              f"{fix}") from None
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-            raise LedgerError(f'ledger {path} is corrupt (expected an object with a "files" object); {fix}')
+            raise LedgerError(f'ledger {name} is corrupt (expected an object with a "files" object); {fix}')
         if data.get("version") != VERSION:
-            raise LedgerError(f"ledger {path}: unsupported version {data.get('version')!r} (expected {VERSION})")
-        for digest, entry in data["files"].items():
-            if not isinstance(entry, dict) or len(digest) != 64:
-                raise LedgerError(f"ledger {path} is corrupt (bad entry {digest!r}); {fix}")
+            raise LedgerError(f"ledger {name}: unsupported version (expected {VERSION})")
+        for number, (digest, entry) in enumerate(data["files"].items(), start=1):
+            if not isinstance(entry, dict) or not _DIGEST.fullmatch(digest):
+                raise LedgerError(f"ledger {name} is corrupt (entry {number} is not a 64-hex digest with an "
+                                  f"object); {fix}")
         return cls(path, data["files"])
 
     def __len__(self) -> int:

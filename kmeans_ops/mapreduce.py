@@ -17,6 +17,7 @@ Streaming with floats written exactly (``repr``).
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -309,14 +310,21 @@ def encode(image_id: str, part: Partials) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def decode(lines, k_of) -> dict[str, Partials]:
+#: The records of the map output (and of the combiners' output), for messages.
+MAP_OUTPUT_LINE = ("'<image id>\\tP <cluster> <sum B> <sum G> <sum R> <weight> <sse>' or "
+                   "'<image id>\\tF <dist> <code> <weight> <label>'")
+
+
+def decode(lines, k_of, numbers=None) -> dict[str, Partials]:
     """Parse records (any order, any number of map tasks) into one combined Partials per image.
 
-    ``k_of(image_id)`` gives the image's K. A malformed record raises ValueError naming it.
+    ``k_of(image_id)`` gives the image's K (KeyError for an image the job does not hold);
+    ``numbers`` the line number of each record in its input (default 1, 2, ...). A malformed record
+    raises ValueError naming its line number and the expected format, never the record.
     """
     acc: dict[str, Partials] = {}
     far: dict[str, list] = {}
-    for number, line in enumerate(lines, start=1):
+    for number, line in zip(numbers or itertools.count(1), lines):
         line = line.rstrip("\n")
         if not line:
             continue
@@ -327,17 +335,19 @@ def decode(lines, k_of) -> dict[str, Partials]:
                 acc[image_id] = Partials.zeros(k_of(image_id))
                 far[image_id] = []
             part = acc[image_id]
-            if kind == "P":
+            if kind == "P" and len(fields) == 6:
                 j = int(fields[0])
                 part.sums[j] += [float(v) for v in fields[1:4]]
                 part.weights[j] += float(fields[4])
                 part.sse[j] += float(fields[5])
-            elif kind == "F":
+            elif kind == "F" and len(fields) == 4:
                 far[image_id].append((float(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])))
             else:
-                raise ValueError(f"unknown record kind {kind!r}")
-        except (ValueError, IndexError, KeyError) as err:
-            raise ValueError(f"bad map output record {number}: {line[:120]!r} ({err})") from None
+                raise ValueError("unknown record kind")
+        except KeyError:
+            raise ValueError(f"map output line {number}: an image id the job's centroids file does not hold") from None
+        except (ValueError, IndexError):
+            raise ValueError(f"map output line {number}: expected {MAP_OUTPUT_LINE}") from None
     for image_id, part in acc.items():
         if far[image_id]:
             dist, code, weight, label = (np.array(col) for col in zip(*far[image_id]))

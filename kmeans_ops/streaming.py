@@ -16,7 +16,8 @@ The reducer writes, per image, its new centroids and its figures::
     <image id>\\tS <figures as JSON>
 
 Only NumPy is needed on the cluster's nodes (no OpenCV). A malformed line fails the task with a
-message naming it (the seed's mapper skipped bad lines silently).
+message naming its line number and the expected format, never the line (the task's stderr reaches
+the engine's error); the seed's mapper skipped bad lines silently.
 """
 
 from __future__ import annotations
@@ -28,30 +29,59 @@ import sys
 import numpy as np
 
 from . import mapreduce
+from .errors import shown
 from .formats import parse_points
 
 BLOCK = 8 << 20  # bytes of input parsed at once by the mapper
 
 
+#: What each line of a job's centroids file and of the reducers' output holds (for messages).
+CENTROIDS_LINE = "'<image id>\\tM <mean B> <mean G> <mean R>' or '<image id>\\tC <cluster> <B> <G> <R>'"
+REDUCER_LINE = "'<image id>\\tC <cluster> <B> <G> <R>' or '<image id>\\tS <figures as a JSON object>'"
+
+
+def utf8_lines(data: bytes, source: str) -> list[str]:
+    """The ``\\n``-separated lines of a job file's bytes ``data``; ValueError naming ``source`` and the
+    line when they are not UTF-8 (the decoder's own message quotes the byte it found)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{shown(source)}: line {line}: not UTF-8 (expected text)") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def read_centroids(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """{image id: (K, 3) centroids}, {image id: mean colour} from a job's centroids file."""
+    """{image id: (K, 3) centroids}, {image id: mean colour} from a job's centroids file.
+    ValueError naming the file, the line and the expected format for a malformed line (never the line)."""
     rows: dict[str, dict[int, list[float]]] = {}
     means: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                image_id, value = line.rstrip("\n").split("\t")
-                kind, *fields = value.split(" ")
-                if kind == "M":
-                    means[image_id] = np.array([float(v) for v in fields[:3]])
-                elif kind == "C":
-                    rows.setdefault(image_id, {})[int(fields[0])] = [float(v) for v in fields[1:4]]
-                else:
-                    raise ValueError(f"unknown kind {kind!r}")
-            except (ValueError, IndexError) as err:
-                raise ValueError(f"{path} line {number}: bad centroids line {line[:100]!r} ({err})") from None
-    centroids = {image_id: np.array([c[j] for j in range(len(c))]) for image_id, c in rows.items()}
-    return centroids, means
+    with open(path, "rb") as handle:
+        lines = utf8_lines(handle.read(), path)
+    for number, line in enumerate(lines, start=1):
+        try:
+            image_id, value = line.split("\t")
+            kind, *fields = value.split(" ")
+            if kind == "M" and len(fields) == 3:
+                means[image_id] = np.array([float(v) for v in fields])
+            elif kind == "C" and len(fields) == 4:
+                rows.setdefault(image_id, {})[int(fields[0])] = [float(v) for v in fields[1:4]]
+            else:
+                raise ValueError("unknown kind")
+        except ValueError:
+            raise ValueError(f"{shown(path)}: line {number}: expected {CENTROIDS_LINE}") from None
+    if set(rows) != set(means):
+        raise ValueError(f"{shown(path)}: expected one M line and C lines for every image")
+    return {image_id: _stacked(c, path) for image_id, c in rows.items()}, means
+
+
+def _stacked(rows: dict[int, list[float]], source: str) -> np.ndarray:
+    """An image's (K, 3) centroids from {cluster: [B, G, R]}; ValueError naming ``source`` unless
+    the clusters are exactly 0..K-1."""
+    if not rows or sorted(rows) != list(range(len(rows))):
+        raise ValueError(f"{shown(source)}: expected one C line for each cluster 0..K-1 of every image")
+    return np.array([rows[j] for j in range(len(rows))])
 
 
 def format_centroids(centroids: dict[str, np.ndarray], means: dict[str, np.ndarray]) -> str:
@@ -97,43 +127,56 @@ def run_map(centroids_path: str, stdin, stdout) -> None:
 
 
 def _by_image(lines):
-    return itertools.groupby((line for line in lines if line.strip()), key=lambda line: line.split("\t", 1)[0])
+    """(image id, records, their line numbers) for each run of non-blank lines with one image id;
+    line numbers count every line of ``lines``, for messages."""
+    numbered = ((number, line) for number, line in enumerate(lines, start=1) if line.strip())
+    for image_id, group in itertools.groupby(numbered, key=lambda item: item[1].split("\t", 1)[0]):
+        numbers, records = zip(*group)
+        yield image_id, records, numbers
 
 
 def run_combine(centroids_path: str, stdin, stdout) -> None:
     centroids, _ = read_centroids(centroids_path)
-    for image_id, records in _by_image(stdin):
-        part = mapreduce.decode(records, lambda i: len(centroids[i]))[image_id]
+    for image_id, records, numbers in _by_image(stdin):
+        part = mapreduce.decode(records, lambda i: len(centroids[i]), numbers)[image_id]
         stdout.write(mapreduce.encode(image_id, part))
 
 
 def run_reduce(centroids_path: str, delta: float, stdin, stdout) -> None:
     centroids, _ = read_centroids(centroids_path)
-    for image_id, records in _by_image(stdin):
-        part = mapreduce.decode(records, lambda i: len(centroids[i]))[image_id]
+    for image_id, records, numbers in _by_image(stdin):
+        part = mapreduce.decode(records, lambda i: len(centroids[i]), numbers)[image_id]
         update = mapreduce.reduce_image(part, centroids[image_id], delta)
         lines = [f"{image_id}\tC {j} {c[0]!r} {c[1]!r} {c[2]!r}" for j, c in enumerate(update.centroids.tolist())]
         lines.append(f"{image_id}\tS {json.dumps(update.figures(0))}")
         stdout.write("".join(line + "\n" for line in lines))
 
 
-def parse_reduce_output(lines) -> dict[str, tuple[np.ndarray, dict]]:
-    """The reducers' output -> {image id: (new centroids, figures)}."""
+def parse_reduce_output(lines, source: str = "reducer output") -> dict[str, tuple[np.ndarray, dict]]:
+    """The reducers' output -> {image id: (new centroids, figures)}.
+
+    ``source`` names where ``lines`` come from (one part file: all the records of an image are in
+    one). ValueError naming it, the line and the expected format for a malformed line (never the
+    line), or naming it when an image's clusters are not 0..K-1.
+    """
     rows: dict[str, dict[int, list[float]]] = {}
     figures: dict[str, dict] = {}
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        image_id, value = line.rstrip("\n").split("\t", 1)
-        kind, rest = value.split(" ", 1)
-        if kind == "C":
-            j, b, g, r = rest.split(" ")
-            rows.setdefault(image_id, {})[int(j)] = [float(b), float(g), float(r)]
-        elif kind == "S":
-            figures[image_id] = json.loads(rest)
-        else:
-            raise ValueError(f"unexpected reducer output {line[:100]!r}")
-    return {i: (np.array([rows[i][j] for j in range(len(rows[i]))]), figures[i]) for i in figures}
+        try:
+            image_id, value = line.rstrip("\n").split("\t", 1)
+            kind, rest = value.split(" ", 1)
+            if kind == "C":
+                j, b, g, r = rest.split(" ")
+                rows.setdefault(image_id, {})[int(j)] = [float(b), float(g), float(r)]
+            elif kind == "S" and isinstance(stats := json.loads(rest), dict):
+                figures[image_id] = stats
+            else:
+                raise ValueError("unknown kind")
+        except ValueError:  # json.JSONDecodeError included
+            raise ValueError(f"{shown(source)}: line {number}: expected {REDUCER_LINE}") from None
+    return {i: (_stacked(rows.get(i, {}), source), figures[i]) for i in figures}
 
 
 def main(argv=None) -> int:

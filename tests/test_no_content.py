@@ -4,12 +4,14 @@ File names with control characters stay on one line."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import uuid
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import photo_bgr, run_cli, run_dag
@@ -419,3 +421,360 @@ def test_dag_secret_init_file(airflow_db, dag_inputs, tmp_path, secret, capfd, c
     assert "user=admin" not in shown_text
     assert "creds.txt: line 1: expected 4 columns of numbers (label B G R)" in shown_text  # the reason is given
     assert not [n for n in (os.listdir(output) if output.exists() else []) if not n.startswith(".")]
+
+
+# ------------------------------------------------------------------ ingest: OpenCV's text is not passed on
+def test_opencv_decoder_error_is_not_quoted(tmp_path, secret):
+    """A file OpenCV's decoder raises on (an OpenEXR header: the codec is disabled in the wheel) gives
+    the fixed message, not OpenCV's text (its decoders' messages may quote what they read)."""
+    from kmeans_ops.ingest import read_image
+
+    path = tmp_path / "scan\nned.exr"
+    path.write_bytes(b"\x76\x2f\x31\x01\x02\x00\x00\x00" + (secret + "\n").encode() * 4)
+    with pytest.raises(InputError) as err:
+        read_image(str(path))
+    message = str(err.value)
+    assert message == (f"{shown(str(path))}: not an image OpenCV can decode (its decoder refused the file; "
+                       "expected JPEG, PNG, BMP, TIFF, WebP or another format OpenCV reads)")
+    assert "OpenCV(" not in message and "grfmt" not in message and len(message.splitlines()) == 1
+    assert_not_in_text(message, secret, "the message")
+
+
+# ------------------------------------------------------------------ the nightly ledger
+def ledger_cases(secret: str):
+    """(case, ledger file bytes, the expected problem) of each ledger that cannot be used."""
+    key = "0" * 64
+    entry = {"path": "/landing/a.png", "size": 1, "first_seen": "2025-01-01T00:00:00+00:00", "run_id": "r"}
+    return [
+        ("version", json.dumps({"version": secret, "files": {}}).encode(), "unsupported version (expected 1)"),
+        ("short key", json.dumps({"version": 1, "files": {key: entry, secret: entry}}).encode(),
+         "is corrupt (entry 2 is not a 64-hex digest with an object)"),
+        ("64 characters, not hex", json.dumps({"version": 1, "files": {secret.ljust(64, "z")[:64]: entry}}).encode(),
+         "is corrupt (entry 1 is not a 64-hex digest with an object)"),
+        ("entry not an object", json.dumps({"version": 1, "files": {key: secret}}).encode(),
+         "is corrupt (entry 1 is not a 64-hex digest with an object)"),
+        ("not UTF-8", b'{"version": 1, "files": {"\xff\xfe' + secret.encode() + b'": {}}}',
+         "cannot read it (not UTF-8; expected a JSON file)"),
+        ("not JSON", b'{"version": 1,\n "files": {"' + secret.encode() + b'" ', "is corrupt (not JSON at line 2 column "),
+    ]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in ledger_cases("x-y")])
+def test_ledger_errors_name_the_file_not_its_content(tmp_path, secret, case):
+    from kmeans_ops import ledger as L
+
+    _, content, why = next(c for c in ledger_cases(secret) if c[0] == case)
+    path = tmp_path / "led\nger.json"  # the name is shown on one line too
+    path.write_bytes(content)
+    with pytest.raises(L.LedgerError) as err:
+        L.Ledger.load(str(path))
+    message = str(err.value)
+    assert message.startswith(f"ledger {shown(str(path))}") and why in message, message
+    assert len(message.splitlines()) == 1
+    assert_not_in_text(message, secret, "the message")
+    assert "\\xff" not in message and "0xff" not in message  # no byte quoted either
+    assert path.read_bytes() == content  # the ledger is left as it was
+
+
+def test_nightly_with_a_ledger_holding_a_secret_fails_without_quoting_it(airflow_db, tmp_path, secret, capfd,
+                                                                         caplog, monkeypatch):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    ledger = tmp_path / "ledger.json"
+    content = json.dumps({"version": secret, "files": {}})
+    ledger.write_text(content)
+    monkeypatch.setenv("AIRFLOW_VAR_KMEANS_LANDING_ROOTS", json.dumps([str(landing)]))
+    monkeypatch.setenv("AIRFLOW_VAR_KMEANS_LEDGER_PATH", str(ledger))
+    monkeypatch.delenv("AIRFLOW_VAR_KMEANS_NIGHTLY_DEFAULTS", raising=False)
+    dag_run = run_dag("kmeans_nightly", {})
+    assert dag_run.state == "failed"
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states["scan"] == "failed"
+    captured = assert_secret_nowhere_in_the_run(dag_run, secret, capfd, caplog, tmp_path / "no-output",
+                                                xcoms_expected=False)
+    assert f"ledger {ledger}: unsupported version (expected 1)" in captured.out + captured.err + caplog.text
+    assert ledger.read_text() == content
+
+
+def test_nightly_unknown_default_key_is_named_on_one_line():
+    """A key of the defaults Variable is named (README: "other keys fail the run, named"), on one line."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("kmeans_nightly_dag", os.path.join(ROOT, "dags", "kmeans_nightly.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError) as err:
+        module.check_defaults({"k": 4, "colours\nk": 8})
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert "unknown key(s) colours\\nk; allowed: k, " in message
+
+
+# ------------------------------------------------------------------ job files of the Hadoop engine
+# What a failed task prints on stderr is copied into the engine's error (the CLI's, the DAG's failure
+# message): the streaming adapters name the line and the expected format, never the line.
+def centroids_file(folder, extra: bytes = b"") -> str:
+    """A job's centroids file for one image ``img`` with K=2, as the engine writes it, then ``extra``."""
+    from kmeans_ops import streaming
+
+    text = streaming.format_centroids({"img": np.array([[1.0, 2.0, 3.0], [200.0, 100.0, 50.0]])},
+                                      {"img": [100.0, 50.0, 25.0]})  # a list, as the engine passes it
+    path = os.path.join(folder, "centroids.tsv")
+    with open(path, "wb") as handle:
+        handle.write(text.encode() + extra)
+    return path
+
+
+@pytest.mark.parametrize("extra,why", [
+    (b"img\tC 2 {s} 1 2\n", "expected '<image id>\\tM <mean B> <mean G> <mean R>' or "
+                             "'<image id>\\tC <cluster> <B> <G> <R>'"),
+    (b"{s}\n", "expected '<image id>\\tM"),
+    (b"img\tX {s}\n", "expected '<image id>\\tM"),
+    (b"img\tC 2 1 2 3 {s}\n", "expected '<image id>\\tM"),
+    (b"\xff\xfe{s}\n", "not UTF-8 (expected text)"),
+], ids=["text for a number", "no tab", "unknown kind", "5 fields", "not UTF-8"])
+def test_centroids_file_errors_name_the_line_not_the_content(tmp_path, secret, extra, why):
+    """A job's centroids file (shipped to every task) with a bad line 4 after the engine's three."""
+    from kmeans_ops import streaming
+
+    path = centroids_file(str(tmp_path), extra.replace(b"{s}", secret.encode()))
+    with pytest.raises(ValueError) as err:
+        streaming.read_centroids(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: line 4: ") and why in message, message
+    assert_not_in_text(message, secret, "the message")
+    assert "\\xff" not in message and "0xff" not in message
+
+
+def test_centroids_file_with_a_missing_cluster(tmp_path):
+    from kmeans_ops import streaming
+
+    path = centroids_file(str(tmp_path), b"other\tM 1.0 2.0 3.0\nother\tC 1 4.0 5.0 6.0\n")  # no cluster 0
+    with pytest.raises(ValueError, match=r"centroids.tsv: expected one C line for each cluster 0..K-1"):
+        streaming.read_centroids(path)
+    good = streaming.read_centroids(centroids_file(str(tmp_path)))  # the file as the engine writes it
+    assert good[0]["img"].tolist() == [[1.0, 2.0, 3.0], [200.0, 100.0, 50.0]]
+
+
+def map_output(table_rows=((1, 2, 3, 4), (200, 100, 50, 2))) -> str:
+    """The map output records of image ``img`` (K=2) for colour rows (B, G, R, count), as a real mapper writes them."""
+    from kmeans_ops import mapreduce
+
+    rows = np.array(table_rows, dtype=np.float64)
+    codes = (rows[:, 2].astype(np.int64) << 16) | (rows[:, 1].astype(np.int64) << 8) | rows[:, 0].astype(np.int64)
+    part = mapreduce.map_colours(rows[:, :3], rows[:, 3], codes, np.array([[1.0, 2.0, 3.0], [200.0, 100.0, 50.0]]),
+                                 np.array([100.0, 50.0, 25.0]))
+    return mapreduce.encode("img", part)
+
+
+@pytest.mark.parametrize("role", ["combine", "reduce"])
+@pytest.mark.parametrize("bad", ["img\tP 0 {s} 1 1 1 1", "img\tF 1.0 2 3.0", "img\t{s}", "img\tP 7 1 1 1 1 1"],
+                         ids=["text for a number", "3 fields", "unknown kind", "cluster 7 of 2"])
+def test_streaming_task_stderr_names_the_line_not_the_record(tmp_path, secret, role, bad):
+    """The combiner and reducer, run as Hadoop Streaming runs them (a process reading stdin), fail
+    on a malformed record with its line number in their input and the expected format."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    good = map_output().splitlines()
+    lines = good[:2] + [""] + [bad.replace("{s}", secret)] + good[2:]  # the blank line is line 3
+    args = [centroids_file(str(tmp_path))] + (["1.0"] if role == "reduce" else [])
+    done = subprocess.run([sys.executable, "-m", "kmeans_ops.streaming", role, *args], cwd=ROOT,
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == ("ValueError: map output line 4: expected '<image id>\\tP <cluster> <sum B> <sum G> <sum R> "
+                    "<weight> <sse>' or '<image id>\\tF <dist> <code> <weight> <label>'"), done.stderr
+    assert_not_in_text(done.stderr, secret, "the task's stderr")
+
+
+def test_streaming_record_of_an_image_the_job_does_not_hold(tmp_path, secret):
+    from kmeans_ops import streaming
+
+    text = map_output().replace("img\t", f"{secret}\t")
+    with pytest.raises(ValueError) as err:
+        streaming.run_combine(centroids_file(str(tmp_path)), io.StringIO(text), io.StringIO())
+    assert str(err.value) == "map output line 1: an image id the job's centroids file does not hold"
+
+
+def test_good_records_still_combine_and_reduce(tmp_path):
+    from kmeans_ops import streaming
+
+    path = centroids_file(str(tmp_path))
+    combined, reduced = io.StringIO(), io.StringIO()
+    streaming.run_combine(path, io.StringIO(map_output() + "\n" + map_output()), combined)
+    streaming.run_reduce(path, 1.0, io.StringIO(combined.getvalue()), reduced)
+    [(centroids, figures)] = streaming.parse_reduce_output(reduced.getvalue().splitlines(), "part-00000").values()
+    assert centroids.tolist() == [[1.0, 2.0, 3.0], [200.0, 100.0, 50.0]] and figures["converged"] is True
+
+
+REDUCER_LINE = "expected '<image id>\\tC <cluster> <B> <G> <R>' or '<image id>\\tS <figures as a JSON object>'"
+
+
+@pytest.mark.parametrize("bad,why", [
+    ("img\tC 1 2.0 {s} 4.0", REDUCER_LINE),
+    ("img\tS {{\"x\": \"{s}\"", REDUCER_LINE),
+    ("img\tS \"{s}\"", REDUCER_LINE),
+    ("img\tQ {s}", REDUCER_LINE),
+    ("{s}", REDUCER_LINE),
+], ids=["text for a number", "figures not JSON", "figures not an object", "unknown kind", "no tab"])
+def test_reducer_output_errors_name_the_part_file_and_line(secret, bad, why):
+    from kmeans_ops import streaming
+
+    source = "/user/bob/kmeans-work/jobs/iteration-002-abc/part-00000"
+    lines = ["img\tC 0 1.0 2.0 3.0", bad.replace("{s}", secret), 'img\tS {"converged": true}']
+    with pytest.raises(ValueError) as err:
+        streaming.parse_reduce_output(lines, source)
+    assert str(err.value) == f"{source}: line 2: {why}"
+    assert_not_in_text(str(err.value), secret, "the message")
+
+
+def test_reducer_output_with_a_missing_cluster_names_the_part_file():
+    from kmeans_ops import streaming
+
+    with pytest.raises(ValueError, match=r"^part-00001: expected one C line for each cluster 0..K-1"):
+        streaming.parse_reduce_output(["img\tC 1 1.0 2.0 3.0", 'img\tS {"converged": true}'], "part-00001")
+
+
+def test_reducer_output_not_utf8_names_the_part_file_not_the_bytes(secret):
+    """What the Hadoop engine reads back from HDFS (iterate): bytes that are not UTF-8 give the part
+    file and the line (the engine raises it as HadoopJobError), never the bytes."""
+    from kmeans_ops import streaming
+
+    source = "/user/bob/kmeans-work/jobs/iteration-002-abc/part-00000"
+    data = b"img\tC 0 1.0 2.0 3.0\nimg\tC 1 \xff\xfe" + secret.encode() + b"\n"
+    with pytest.raises(ValueError) as err:
+        streaming.utf8_lines(data, source)
+    assert str(err.value) == f"{source}: line 2: not UTF-8 (expected text)"
+    assert streaming.utf8_lines(b"a\nb\n", source) == ["a", "b"] and streaming.utf8_lines(b"", source) == []
+
+
+# ------------------------------------------------------------------ HDFS errors: no query strings (tokens)
+@pytest.fixture
+def webhdfs_redirecting_to_a_dead_datanode(monkeypatch):
+    """A WebHDFS NameNode on 127.0.0.1 that answers the client's check of ``/`` and redirects every
+    other operation to a DataNode address that refuses connections, with the query a secured
+    NameNode puts in its redirects (``user.name=``, ``delegation=<token>``). Returns (connection id,
+    token). The WebHDFS client, requests and urllib3 are the real ones; only the server is small."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    token = f"SECRETTOKEN{uuid.uuid4().hex}"
+    dead = socket.socket()  # bound, never listening: connections to it are refused
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+
+    class NameNode(BaseHTTPRequestHandler):
+        def _answer(self):
+            if self.path.split("?")[0] in ("/webhdfs/v1", "/webhdfs/v1/") and "op=GETFILESTATUS" in self.path:
+                body = json.dumps({"FileStatus": {"type": "DIRECTORY", "length": 0, "pathSuffix": "",
+                                                  "permission": "755", "owner": "bob", "group": "bob",
+                                                  "modificationTime": 0, "accessTime": 0, "blockSize": 0,
+                                                  "replication": 0}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            path, _, query = self.path.partition("?")
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{dead_port}{path}?{query}&namenoderpcaddress=nn:8020"
+                                         f"&delegation={token}&offset=0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_PUT = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NameNode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    connection = json.dumps({"conn_type": "webhdfs", "host": "127.0.0.1", "port": server.server_address[1],
+                             "login": "bob"})
+    monkeypatch.setenv("AIRFLOW_CONN_WEBHDFS_TOKENS", connection)
+    monkeypatch.setenv("AIRFLOW_CONN_WEBHDFS_DEFAULT", connection)
+    try:
+        yield "webhdfs_tokens", token
+    finally:
+        server.shutdown()
+        server.server_close()
+        dead.close()
+
+
+def test_hdfs_error_has_no_query_string(webhdfs_redirecting_to_a_dead_datanode, caplog):
+    import logging
+
+    from kmeans_ops.hdfs import Hdfs, HdfsError
+
+    conn_id, token = webhdfs_redirecting_to_a_dead_datanode
+    caplog.set_level(logging.DEBUG, logger="kmeans_ops.hdfs")
+    client = Hdfs(conn_id=conn_id, retries=1, backoff=0.01)
+    with pytest.raises(HdfsError) as err:
+        client.read_bytes("/data/new\nline.tsv")
+    message = str(err.value)
+    assert message.startswith("HDFS read /data/new\\nline.tsv on http://127.0.0.1:"), message
+    assert "/webhdfs/v1/data/new" in message and "Connection refused" in message  # what failed, where
+    assert len(message.splitlines()) == 1
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retried) == 1  # the transient error was retried once, and logged
+    for text in [message, *retried]:
+        assert token not in text and "delegation=" not in text and "user.name=" not in text, text
+
+
+def test_cli_hdfs_failure_is_one_line_without_tokens(webhdfs_redirecting_to_a_dead_datanode, good_image, tmp_path,
+                                                     monkeypatch, capfd):
+    _, token = webhdfs_redirecting_to_a_dead_datanode
+    monkeypatch.setenv("KMEANS_HDFS_RETRIES", "0")
+    monkeypatch.delenv("KMEANS_HDFS_WORK_ROOT", raising=False)
+    out = tmp_path / "out"
+    status, err = run_cli("quantize", good_image, "-k", 3, "--engine", "hadoop", "--out", out, "-q")
+    captured = capfd.readouterr()
+    assert status == 3, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: hadoop engine: HDFS "), err
+    assert "/user/bob/kmeans-work" in lines[0] and "failed: " in lines[0] and "Connection refused" in lines[0]
+    for text in (err, captured.out, captured.err):
+        assert token not in text and "delegation=" not in text and "user.name=" not in text
+    assert not out.exists() or not os.listdir(out)  # nothing written
+
+
+# ------------------------------------------------------------------ CLI: an engine failure with a task log
+def test_engine_error_is_one_error_line_then_the_task_log():
+    """A failed Hadoop job's error carries its failing task's stderr tail (engines/hadoop.py): the CLI
+    prints one ``error:`` line, then the tail on lines starting with "  | ", each one printable line."""
+    from kmeans_ops.cli import engine_error_lines
+    from kmeans_ops.engines.hadoop import HadoopJobError
+
+    err = HadoopJobError(
+        "iteration 2: Hadoop Streaming job failed (exit 1); application application_1_0002, tracking URL "
+        "http://127.0.0.1:8088/proxy/application_1_0002/\n"
+        "--- attempt_1_0002_m_000000_1 on 127.0.0.1:8042 (container_1_0002_01_000003), stderr tail:\n"
+        "Traceback (most recent call last):\r\n"
+        "  File \"kmeans_ops/streaming.py\", line 60, in read_centroids\n"
+        "\x1b[31mValueError: centroids.tsv: line 4: expected '<image id>\\tM ...'\x1b[0m\r\n\n"
+    )
+    lines = engine_error_lines("hadoop", err)
+    assert lines[0] == ("error: hadoop engine: iteration 2: Hadoop Streaming job failed (exit 1); application "
+                        "application_1_0002, tracking URL http://127.0.0.1:8088/proxy/application_1_0002/")
+    assert lines[1:] == [
+        "  | --- attempt_1_0002_m_000000_1 on 127.0.0.1:8042 (container_1_0002_01_000003), stderr tail:",
+        "  | Traceback (most recent call last):",
+        "  |   File \"kmeans_ops/streaming.py\", line 60, in read_centroids",
+        "  | \\x1b[31mValueError: centroids.tsv: line 4: expected '<image id>\\tM ...'\\x1b[0m",
+    ]
+    printed = "\n".join(lines)
+    assert [line for line in printed.splitlines() if line.startswith("error:")] == [lines[0]]
+    assert all(line.isprintable() for line in lines)
+    assert engine_error_lines("hadoop", HadoopJobError("HDFS read /a\\nb failed")) == [
+        "error: hadoop engine: HDFS read /a\\nb failed"]
