@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
 from kmeans_ops import settings
-from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator
+from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator, PublishOperator
 
 #: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
 ITERATION_BOUND = settings.iteration_bound()
@@ -199,47 +199,6 @@ def kmeans_image_clustering():
             staging_dir(run["output"], run["key"]), final_dir(run["output"], run["key"]),
             {"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]}, logging.getLogger(__name__))
 
-    @task(outlets=[RESULTS])
-    def publish(run: dict, reconstructed: list[list[dict]], **context) -> str:
-        """Report, summary and images published together into <output>/<run key>/."""
-        import json
-        import time
-
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from kmeans_ops.publish import PublishError, final_dir, publish as publish_run, staging_dir
-
-        reconstructed = [r for batch in reconstructed for r in batch]
-        failures = list(run["failures"]) + [r for r in reconstructed if not r["ok"]]
-        final = final_dir(run["output"], run["key"])
-        if not os.path.isdir(staging_dir(run["output"], run["key"])) and os.path.isdir(final):
-            print(f"already published: {final}")  # a cleared and re-run publish
-        else:
-            results = []
-            for r in reconstructed:
-                if r["ok"]:
-                    with open(r["json"], encoding="utf-8") as handle:
-                        result = json.load(handle)
-                    result["seconds"] = r["seconds"]
-                    results.append(result)
-            marks = run["timeline"] + [["reconstruct", time.time()]]
-            started = context["dag_run"].start_date
-            info = {**{k: run[k] for k in ("run_id", "dag_id", "engine", "params", "output")},
-                    "wall_seconds": time.time() - started.timestamp() if started else None,
-                    "stages": ([["prepare", marks[0][1] - started.timestamp()]] if started else [])
-                    + [[name, end - start] for (_, start), (name, end) in zip(marks, marks[1:])]}
-            try:
-                publish_run(run["output"], run["key"], results, failures, info)
-            except PublishError as err:
-                raise AirflowFailException(str(err)) from None
-        context["outlet_events"][RESULTS].extra = {"folder": final, "run_id": run["run_id"]}
-        for f in failures:
-            print(f"failed: {f['error']}")
-        if not any(r["ok"] for r in reconstructed):
-            raise AirflowFailException("no image could be reconstructed: " + "; ".join(f["error"] for f in failures))
-        print(f"published {final}")
-        return final
-
     @task
     def cleanup(run: dict) -> None:
         """Remove the run's work area once its results are published (the seed never cleaned up)."""
@@ -253,7 +212,8 @@ def kmeans_image_clustering():
 
     last = finals()
     step >> last
-    published = publish(last["plan"], reconstruct.partial(run=last["plan"]).expand(batch=last))
+    published = PublishOperator(task_id="publish", plan=last["plan"],
+                                results=reconstruct.partial(run=last["plan"]).expand(batch=last), outlets=[RESULTS])
     published >> cleanup(last["plan"])
 
 

@@ -41,7 +41,8 @@ from .storage import StorageFull, is_full
 DESCRIPTION = """K-means colour quantisation: redraw each image with its K cluster colours.
 
 For each input image <stem>, writes DIR/<stem>.png (the image in K colours, alpha kept) and
-DIR/<stem>.json (k, iterations, converged, centroids_rgb, mse, psnr, history, ...). An input is
+DIR/<stem>.json (k, iterations, converged, centroids_rgb, mse, psnr, history, ...); with --labels
+also DIR/<stem>-labels.png (each pixel's cluster index). An input is
 never replaced (refused, exit 2); a name already used in DIR by another file gives <stem>-2, ...;
 this input's own earlier outputs are replaced.
 
@@ -68,18 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "a seed points.txt (any .txt) gives centroids and figures but no image")
     q.add_argument("-k", type=str, default=None,
                    help=f"number of colours (clusters), an integer >= 1 (default {P.DEFAULT_K}, or the "
-                        "number of centroids in the --init file, which must agree with -k when both are "
-                        "given); an image with fewer distinct colours keeps all of them")
+                        "number of centroids in the --palette or --init file, which must agree with -k when "
+                        "both are given); an image (or, with --palette run, a set of images) with fewer "
+                        "distinct colours keeps all of them")
     q.add_argument("--init", default="kmeans++",
                    help="initial centroids: 'kmeans++' (default, weighted by colour counts), 'random' "
                         "(uniform between the image's smallest and largest value, as the seed did) or "
                         "the path of a clusters file in the seed format ('label B G R' per line)")
+    q.add_argument("--palette", default="image", metavar="image|run|PATH",
+                   help="'image' (default): each image gets its own K colours; 'run': one palette of K colours "
+                        "for all the images of the run, clustered together over all their pixels (a colour "
+                        "means the same in every image; one MapReduce job per iteration for the whole run); "
+                        "or the path of a clusters file in the seed format ('label B G R' per line): a fixed "
+                        "palette applied to every image with no iterations (its K must equal -k)")
     q.add_argument("--seed", default=0, help="seed of every random choice, for reproducible runs (default 0)")
     q.add_argument("--max-iter", default=P.DEFAULT_MAX_ITER,
                    help=f"most iterations (MapReduce jobs) per image (default {P.DEFAULT_MAX_ITER})")
     q.add_argument("--delta", default=P.DEFAULT_DELTA,
                    help=f"converged when no centroid moved more than this, in colour units, 0 to {P.MAX_DELTA:g}; "
                         f"0 runs until no centroid moves (default {P.DEFAULT_DELTA})")
+    q.add_argument("--labels", action="store_true",
+                   help="also write DIR/<stem>-labels.png: one channel, the cluster index of each pixel (8-bit "
+                        "for K <= 256, else 16-bit), so that palette_rgb[label] in the JSON is the output's colour")
+    q.add_argument("--dither", default="none", metavar="none|floyd-steinberg",
+                   help="'none' (default): each pixel takes its cluster's colour; 'floyd-steinberg': error "
+                        "diffusion with the same K colours, so gradients do not band (K <= 256; MSE and PSNR "
+                        "are those of the dithered output)")
     q.add_argument("--engine", default="local", choices=["local", "hadoop"],
                    help="'local' (default): in-process MapReduce on the local filesystem; "
                         "'hadoop': Hadoop Streaming jobs on YARN with data in HDFS")
@@ -309,6 +324,15 @@ def output_files(out: str, stem: str) -> tuple[str, str]:
     return os.path.join(out, f"{stem}.png"), os.path.join(out, f"{stem}.json")
 
 
+def output_names(out: str, stem: str, labels: bool = False) -> list[str]:
+    """Every file an input with output stem ``stem`` gets in ``out``: :func:`output_files`, and its
+    label map ``<stem>-labels.png`` with ``labels``."""
+    from .reconstruct import labels_path
+
+    image, figures = output_files(out, stem)
+    return [image, figures] + ([labels_path(image)] if labels else [])
+
+
 def _file_id(path: str) -> tuple[int, int] | None:
     """(device, inode) of the file ``path`` leads to (symlinks followed), or None if there is none."""
     try:
@@ -318,9 +342,9 @@ def _file_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def replaced_input(paths: list[str], stems: list[str], out: str) -> InputError | None:
-    """The refusal when an output would replace an input (the same file, through symlinks, hard
-    links or bind mounts alike), else None."""
+def replaced_input(paths: list[str], stems: list[str], out: str, labels: bool = False) -> InputError | None:
+    """The refusal when an output (with ``labels``, the label maps too) would replace an input (the
+    same file, through symlinks, hard links or bind mounts alike), else None."""
     from .paths import is_hdfs
 
     inputs = {}
@@ -329,7 +353,7 @@ def replaced_input(paths: list[str], stems: list[str], out: str) -> InputError |
             inputs.setdefault(_file_id(path), path)
     inputs.pop(None, None)
     for stem in stems:
-        for output in output_files(out, stem):
+        for output in output_names(out, stem, labels):
             victim = inputs.get(_file_id(output))
             if victim is not None:
                 return InputError(victim, f"writing the results to {shown(out)} would replace this input "
@@ -341,6 +365,12 @@ def replaced_input(paths: list[str], stems: list[str], out: str) -> InputError |
 def earlier_output_of(json_path: str, path: str) -> bool:
     """Whether ``json_path`` is the figures file of an earlier run on input ``path`` (its
     ``"source"`` is that input). Unreadable, oversized or other files are not."""
+    return earlier_figures(json_path, path) is not None
+
+
+def earlier_figures(json_path: str, path: str) -> dict | None:
+    """The figures in ``json_path`` when it is an earlier output of input ``path``
+    (:func:`earlier_output_of`), else None."""
     from .paths import is_hdfs
 
     try:
@@ -350,37 +380,64 @@ def earlier_output_of(json_path: str, path: str) -> bool:
         with open(json_path, encoding="utf-8", errors="surrogateescape") as handle:
             figures = json.load(handle)
     except (OSError, ValueError):
-        return False
+        return None
     source = figures.get("source") if isinstance(figures, dict) else None
     if not isinstance(source, str):
-        return False
+        return None
     if is_hdfs(path) or is_hdfs(source):
-        return source == path
-    return os.path.realpath(source) == os.path.realpath(path)
+        return figures if source == path else None
+    return figures if os.path.realpath(source) == os.path.realpath(path) else None
 
 
-def name_taken(out: str, stem: str, path: str) -> bool:
+def name_taken(out: str, stem: str, path: str, labels: bool = False) -> bool:
     """Whether the outputs named ``stem`` in ``out`` belong to something other than input ``path``:
-    either file exists and the JSON is not an earlier output of ``path`` (a folder is always taken)."""
-    image, figures = output_files(out, stem)
-    if not (os.path.lexists(image) or os.path.lexists(figures)):
+    either file exists and the JSON is not an earlier output of ``path`` (a folder is always taken).
+    With ``labels``, the label map counts too, and an existing one is this input's own only when
+    that earlier JSON names it (``"labels"``): an earlier run without ``--labels`` did not write it."""
+    names = output_names(out, stem, labels)
+    present = [name for name in names if os.path.lexists(name)]
+    if not present:
         return False
-    if os.path.isdir(image) or os.path.isdir(figures):
+    if any(os.path.isdir(name) for name in present):
         return True
-    return not earlier_output_of(figures, path)
+    figures = earlier_figures(names[1], path)
+    if figures is None:
+        return True
+    label_map = names[2] if labels else None
+    if label_map is None or label_map not in present:
+        return False
+    named = figures.get("labels")
+    return not (isinstance(named, str) and os.path.basename(named) == os.path.basename(label_map))
 
 
-def plan_outputs(paths: list[str], out: str) -> list[str]:
+def _free_names(out: str, labels: bool):
+    """``taken(stem, path)`` for run.output_stems: :func:`name_taken`, or a name that a stem already
+    chosen in this run uses (with ``labels``, input ``a-labels.png``'s image and input ``a.png``'s
+    label map). output_stems takes a stem exactly when ``taken`` says no: its names are then claimed."""
+    claimed: set[str] = set()
+
+    def taken(stem: str, path: str) -> bool:
+        names = {os.path.basename(name).lower() for name in output_names(out, stem, labels)}
+        if names & claimed or name_taken(out, stem, path, labels):
+            return True
+        claimed.update(names)
+        return False
+
+    return taken
+
+
+def plan_outputs(paths: list[str], out: str, labels: bool = False) -> list[str]:
     """The output stem of each input, or InputError when an output would replace an input.
 
     First the plain names (unique among the inputs) are checked: an output folder holding the
     inputs is refused, not worked around. Then names taken by other files move on to -2, -3, ...
+    ``labels``: the label maps ``<stem>-labels.png`` are outputs too.
     """
     from .run import output_stems
 
-    refusal = replaced_input(paths, output_stems(paths), out)
-    stems = output_stems(paths, taken=lambda stem, path: name_taken(out, stem, path)) if refusal is None else []
-    refusal = refusal or replaced_input(paths, stems, out)
+    refusal = replaced_input(paths, output_stems(paths), out, labels)
+    stems = output_stems(paths, taken=_free_names(out, labels)) if refusal is None else []
+    refusal = refusal or replaced_input(paths, stems, out, labels)
     if refusal is not None:
         raise refusal
     return stems
@@ -420,16 +477,30 @@ def no_space_line(err: StorageFull, work: WorkFolder | None, out: str) -> str:
     return f"error: {err.strerror} in {shown(where)} (work area; set TMPDIR or --work to a folder with room)"
 
 
+#: Prefix of the lines that follow an engine's error line (the failing task's stderr tail).
+DETAIL = "  | "
+
+
+def engine_error_lines(engine: str, err: BaseException) -> list[str]:
+    """An engine failure as printed: one ``error: <engine> engine: <first line>`` line (so
+    ``grep ^error:`` gives one line per error), then the rest of its message (a Hadoop job's
+    failing task's stderr tail) on lines prefixed with DETAIL; every line passed through shown(),
+    blank lines and line ends (``\\r`` of CRLF) left out."""
+    first, *rest = [line.rstrip() for line in str(err).strip().split("\n")]
+    return [f"error: {engine} engine: {shown(first)}"] + [DETAIL + shown(line) for line in rest if line]
+
+
 # ------------------------------------------------------------------------------------ the run
 def quantize(args) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     from .run import expand_inputs
 
     try:
-        params = P.validate(k=args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta)
+        params = P.validate(k=args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta,
+                            palette=args.palette, labels=args.labels, dither=args.dither)
         batch_size = P.integer("batch_size", args.batch_size, 1, MAX_BATCH_SIZE)
         paths = expand_inputs(args.inputs)
-        stems = plan_outputs(paths, args.out) if paths else []
+        stems = plan_outputs(paths, args.out, labels=params.labels) if paths else []
         _check_writable(args.out)
     except (P.ParamError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -470,7 +541,8 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
 
     A bad image fails alone (exit 1); StorageFull and Interrupted end the run (the caller says so).
     """
-    from .driver import print_progress, run_iterations
+    from . import palette
+    from .driver import print_progress, run_iterations, run_palette
     from .ingest import ingest
     from .reconstruct import finish
     from .run import image_id_of
@@ -487,13 +559,15 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
         failures[path] = problem
         print(f"error: {problem}", file=sys.stderr, flush=True)
 
+    shared = palette.mode(params) != "image"  # one palette for every image: "run" or a palette file
+    unit = None  # the palette unit (kmeans_ops.palette) of a shared palette
     try:
         ready = []  # (path, stem, image id)
         for path, stem in plan:
             image_id = image_id_of(stem)
             try:
                 meta, image, table = ingest(path, image_id, local, params, keep=True)
-                if hasattr(engine, "remember"):
+                if hasattr(engine, "remember") and not shared:  # a shared palette iterates the union only
                     engine.remember(local, image_id, table)
                 size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
                 if held + size <= KEEP_BYTES:
@@ -502,40 +576,64 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
                 del image, table
                 ready.append((path, stem, image_id))
                 say(f"read {shown(path)}: {meta['pixels']} pixels, {meta['distinct_colours']} distinct colours, "
-                    f"k={meta['k']}")
+                    + ("shared palette" if shared else f"k={meta['k']}"))
                 for text in meta.get("warnings", []):
                     print(f"warning: {shown(path)}: {shown(text)}", file=sys.stderr, flush=True)
             except InputError as err:
                 failed(path, str(err))
             except MemoryError:
                 failed(path, f"{shown(path)}: out of memory")
+        if shared and ready:
+            try:
+                unit, union = palette.prepare(local, [image_id for _, _, image_id in ready], params,
+                                              {image_id: table for image_id, (_, table) in kept.items()}, keep=True)
+            except InputError as err:  # the palette file changed since it was checked, or the union is too big
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            if union is not None and hasattr(engine, "remember"):
+                engine.remember(local, unit, union)
+            del union
         runs = {}
         try:
-            if ready:
+            if ready and palette.mode(params) != "file":  # a fixed palette runs no job
                 area = engine.stage(local, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            progress = None if args.quiet else print_progress(params.max_iter)
-            for lo in range(0, len(ready), batch_size):
-                batch = [image_id for _, _, image_id in ready[lo : lo + batch_size]]
-                runs.update(run_iterations(area, batch, engine, params, progress))
+            if unit is None:
+                progress = None if args.quiet else print_progress(params.max_iter)
+                for lo in range(0, len(ready), batch_size):
+                    batch = [image_id for _, _, image_id in ready[lo : lo + batch_size]]
+                    runs.update(run_iterations(area, batch, engine, params, progress))
+            else:  # one job per iteration for the whole run, then the final palette brought back
+                progress = None if args.quiet else print_progress(params.max_iter, shared_by=len(ready))
+                state = run_palette(area, unit, engine, params, progress)
+                runs = {image_id: state for _, _, image_id in ready}
+                if area is not local:
+                    engine.fetch(area, unit, local.root)
         except RuntimeError as err:  # HDFS or the Hadoop job failed for good: nothing is written
-            print(f"error: {args.engine} engine: {err}", file=sys.stderr)
+            print("\n".join(engine_error_lines(args.engine, err)), file=sys.stderr)
             return 3
         extra = {"params": params.to_json(), "engine": engine.name}
+        if unit is not None:
+            extra["palette"] = palette.describe(params, len(ready))
         for path, stem, image_id in ready:
             out_image, out_json = output_files(args.out, stem)
-            had_image = os.path.lexists(out_image)
+            new_images = [f for f in output_names(args.out, stem, params.labels)  # image, label map
+                          if f != out_json and not os.path.lexists(f)]
             try:
                 image, table = kept.pop(image_id, (None, None))
-                result = finish(engine.fetch(area, image_id, local.root), image_id, runs[image_id], out_image,
-                                out_json, extra, image=image, table=table)
+                # a shared palette: the image's own files never left the local work area
+                where = local if unit is not None else engine.fetch(area, image_id, local.root)
+                result = finish(where, image_id, runs[image_id], out_image, out_json, extra, image=image, table=table,
+                                palette_unit=unit, labels=params.labels, dither=params.dither)
                 del image, table
                 psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f}"
-                state = "converged" if result["converged"] else "stopped at max_iter"
+                state = ("fixed palette" if palette.mode(params) == "file"
+                         else "converged" if result["converged"] else "stopped at max_iter")
                 say(f"wrote {shown(result['output'] or out_json)}: k={result['k']}, "
                     f"{result['iterations']} iterations ({state}), PSNR {psnr} dB")
             except StorageFull:
-                if not had_image and os.path.lexists(out_image):  # its JSON could not follow: no lone image
-                    os.unlink(out_image)
+                for written in new_images:  # its JSON could not follow: no lone image or label map
+                    if os.path.lexists(written):
+                        os.unlink(written)
                 raise
             except InputError as err:
                 failed(path, str(err))
@@ -546,7 +644,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
             try:
                 engine.discard(area)
             except RuntimeError as err:
-                print(f"warning: could not remove the work area {shown(area.root)}: {err}", file=sys.stderr)
+                print(f"warning: could not remove the work area {shown(area.root)}: {shown(str(err))}", file=sys.stderr)
     done = len(plan) - len(failures)
     print(f"{done} of {len(plan)} image(s) done in {time.perf_counter() - started:.1f}s; results in "
           f"{shown(os.path.abspath(args.out))}" + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)

@@ -175,7 +175,7 @@ def read_image(path: str | os.PathLike) -> Image:
         with open(path, "rb") as file:
             raw = file.read()
     except OSError as err:
-        raise InputError(path, f"cannot read file ({err.strerror or err})") from None
+        raise InputError(path, f"cannot read file ({err.strerror or type(err).__name__})") from None
     if not raw:
         raise InputError(path, "empty file (0 bytes)")
     budget = settings.max_pixels()
@@ -191,7 +191,9 @@ def read_image(path: str | os.PathLike) -> Image:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
             raise InputError(path, "image too large: over OpenCV's limit of 2^30 pixels "
                              "(the environment variable OPENCV_IO_MAX_IMAGE_PIXELS raises it)") from None
-        raise InputError(path, f"OpenCV cannot decode it: {str(err).strip().splitlines()[-1]}") from None
+        # OpenCV's own text is not passed on: a decoder's message may quote what it read
+        raise InputError(path, "not an image OpenCV can decode (its decoder refused the file; expected "
+                               "JPEG, PNG, BMP, TIFF, WebP or another format OpenCV reads)") from None
     if pixels is None:
         raise InputError(
             path,
@@ -240,6 +242,10 @@ def to_8bit(values16: np.ndarray) -> np.ndarray:
 def ingest(path: str, image_id: str, area, params, keep: bool = False):
     """Write one input's points file, initial clusters file and metadata into the work area.
 
+    With a shared palette (``params.palette`` "run" or a palette file) the image gets no initial
+    clusters file and its metadata no ``k``: the palette unit has them (kmeans_ops.palette), and
+    k-means++ is not run (nor scikit-learn imported) per image.
+
     ``path`` is an image, or a seed ``points.txt`` (any ``.txt``: it has no pixel grid, so the run
     gives centroids and figures but no output image). Returns the metadata (also in image.json),
     or with ``keep`` the tuple (metadata, decoded Image or None, ColourTable), which a caller in the
@@ -265,6 +271,7 @@ def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, k
     from .colours import colour_table
     from .formats import read_seed_points, write_clusters, write_points
     from .initialise import initial_centroids
+    from .palette import mode as palette_mode
     from .storage import write_json
 
     image = None
@@ -287,16 +294,20 @@ def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, k
         if image.frames > 1:  # OpenCV decodes the first frame (page) only: say so
             more = " or more" if image.frames >= MAX_COUNTED_FRAMES else ""
             meta["warnings"] = [f"first frame of {image.frames}{more} used"]
-    centroids = initial_centroids(table, params.k, params.init, params.seed)
+    own = params.palette == "image"  # a shared palette: no centroids of its own (kmeans_ops.palette)
+    centroids = initial_centroids(table, params.k, params.init, params.seed) if own else None
     meta.update(
         pixels=table.n_pixels,
         distinct_colours=len(table),
         mean_bgr=table.mean().tolist(),  # the frame map computes distances in (mapreduce.assign)
         k_requested=params.k,
-        k=len(centroids),
+        k=len(centroids) if own else None,  # a shared palette's K is the palette unit's (kmeans_ops.palette)
     )
+    if not own:
+        meta["palette"] = palette_mode(params)
     write_points(area.points(image_id), image_id, table)
-    write_clusters(area.clusters(image_id, 0), centroids)
+    if own:
+        write_clusters(area.clusters(image_id, 0), centroids)
     write_json(area.meta(image_id), meta)
     return (meta, image, table) if keep else meta
 
@@ -305,8 +316,9 @@ def ingest_batch(images: list[dict], area, params, log) -> list[dict]:
     """Ingest a batch of planned images (``{"path", "stem", "image_id"}``) into the work area, one
     log line each; a bad image gives a failure record and the rest of the batch goes on.
 
-    Returns per image ``{**image, "ok": True, "k", "pixels", "distinct_colours", "warnings"}`` or
-    ``{**image, "ok": False, "stage": "ingest", "source", "error"}``.
+    Returns per image ``{**image, "ok": True, "k", "pixels", "distinct_colours", "warnings"}`` (``k``
+    None with a shared palette: see :func:`ingest`) or ``{**image, "ok": False, "stage": "ingest",
+    "source", "error"}``.
     """
     import time
 
@@ -324,8 +336,9 @@ def ingest_batch(images: list[dict], area, params, log) -> list[dict]:
             continue
         for warning in meta.get("warnings", []):
             log.warning("%s: %s", shown(image["path"]), warning)
-        log.info("ingested %s: %sx%s, %d distinct colours, k=%d, %.2f s -> %s", shown(image["path"]),
-                 meta.get("width"), meta.get("height"), meta["distinct_colours"], meta["k"],
+        log.info("ingested %s: %sx%s, %d distinct colours, %s, %.2f s -> %s", shown(image["path"]),
+                 meta.get("width"), meta.get("height"), meta["distinct_colours"],
+                 "shared palette" if meta["k"] is None else f"k={meta['k']}",
                  time.perf_counter() - started, area.image_dir(image["image_id"]))
         results.append({**image, "ok": True, "k": meta["k"], "pixels": meta["pixels"],
                         "distinct_colours": meta["distinct_colours"], "warnings": meta.get("warnings", [])})

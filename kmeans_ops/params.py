@@ -19,6 +19,18 @@ class ParamError(ValueError):
     """A parameter is out of range; the message names it."""
 
 
+#: Values of ``palette`` that are modes; anything else is the path of a clusters file (a fixed
+#: palette). "image": each image its own K colours (the seed's behaviour); "run": one palette for
+#: all the images of the run.
+PALETTE_MODES = ("image", "run")  # TODO(settings): beside INIT_METHODS
+
+#: Values of ``dither``: "none" (each pixel its nearest centroid's colour) or "floyd-steinberg"
+#: (error diffusion with the same palette, by Pillow), which works on palettes of at most
+#: MAX_DITHER_K colours (Pillow's).
+DITHER_METHODS = ("none", "floyd-steinberg")  # TODO(settings): beside INIT_METHODS
+MAX_DITHER_K = 256  # TODO(settings): beside MAX_K
+
+
 @dataclass(frozen=True)
 class Params:
     k: int = DEFAULT_K
@@ -26,6 +38,9 @@ class Params:
     seed: int = 0
     max_iter: int = DEFAULT_MAX_ITER
     delta: float = DEFAULT_DELTA
+    palette: str = "image"  # "image", "run", or the path of a clusters file (a fixed palette)
+    labels: bool = False  # also write <stem>-labels.png, each pixel's cluster index
+    dither: str = "none"  # "none" or "floyd-steinberg"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -47,7 +62,8 @@ def integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
     return number
 
 
-def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, delta=DEFAULT_DELTA) -> Params:
+def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, delta=DEFAULT_DELTA,
+             palette="image", labels=False, dither="none") -> Params:
     """Check every run parameter and return them as a :class:`Params`.
 
     - ``k``: integer >= 1 (an image with fewer distinct colours than ``k`` is clustered with as many
@@ -59,6 +75,13 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
     - ``init``: "kmeans++", "random", or the path of an existing clusters file. The file is read
       here, once: a bad file, or one holding a number of centroids other than ``k``, is a
       ParamError naming ``init`` (and ``k``), the file and the line, never its content.
+    - ``palette``: "image" (each image its own palette), "run" (one palette for all the images of
+      the run) or the path of an existing clusters file, a fixed palette applied with no
+      iterations. The file goes through the same checks as an ``init`` file, its K must equal
+      ``k`` (``k`` None: its K), and a disagreement names ``palette`` and ``k``.
+    - ``labels``: true or false (also write each image's label map).
+    - ``dither``: "none" or "floyd-steinberg"; dithering needs k <= 256 (a larger k is refused,
+      naming ``dither`` and ``k``).
     """
     if k is not None:
         k = integer("k", k, 1, MAX_K)
@@ -76,17 +99,42 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
     if not isinstance(init, str) or not init or (init not in INIT_METHODS and not os.path.isfile(init)):
         shown_init = shown(init) if isinstance(init, str) and init else repr(init)
         raise ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {shown_init}")
+    if not isinstance(palette, str) or not palette or (palette not in PALETTE_MODES and not os.path.isfile(palette)):
+        shown_palette = shown(palette) if isinstance(palette, str) and palette else repr(palette)
+        raise ParamError(f"palette must be 'image', 'run' or an existing clusters file, got {shown_palette}")
+    k_from = None  # the file k was read from when it was not given
+    if palette not in PALETTE_MODES:
+        k_from = None if k is not None else "palette"
+        k = _k_of_clusters_file(palette, k, "palette")
     if init not in INIT_METHODS:
-        k = _k_of_init_file(init, k)
-    return Params(k=DEFAULT_K if k is None else k, init=init, seed=seed, max_iter=max_iter, delta=delta)
+        k = _k_of_clusters_file(init, k, "init", k_from)
+    k = DEFAULT_K if k is None else k
+    labels, dither = _output_options(labels, dither, k)
+    return Params(k=k, init=init, seed=seed, max_iter=max_iter, delta=delta,
+                  palette=palette, labels=labels, dither=dither)
 
 
-def _k_of_init_file(path: str, k: int | None) -> int:
+def _output_options(labels, dither, k: int) -> tuple[bool, str]:
+    """``labels`` (a bool) and ``dither`` (one of DITHER_METHODS, and then k at most MAX_DITHER_K),
+    checked; ParamError naming the parameter(s) otherwise."""
+    if not isinstance(labels, bool):
+        raise ParamError(f"labels must be true or false, got {labels!r}")
+    if not isinstance(dither, str) or dither not in DITHER_METHODS:
+        got = shown(dither) if isinstance(dither, str) and dither else repr(dither)
+        raise ParamError(f"dither must be {' or '.join(repr(m) for m in DITHER_METHODS)}, got {got}")
+    if dither != "none" and k > MAX_DITHER_K:
+        raise ParamError(f"dither and k disagree: dither '{dither}' works with at most {MAX_DITHER_K} colours "
+                         f"but k is {k}; set dither to 'none' or k to {MAX_DITHER_K} or less")
+    return labels, dither
+
+
+def _k_of_clusters_file(path: str, k: int | None, name: str = "init", k_from: str | None = None) -> int:
     """The number of centroids in the clusters file ``path``, which must equal ``k`` when given.
 
-    Every problem is a ParamError naming ``init``: an unreadable, oversized or malformed file (the
-    file and line, from formats.read_clusters, which never quotes content), too many centroids, or
-    a count that disagrees with ``k`` (then ``k`` is named too).
+    Every problem is a ParamError naming the parameter ``name`` (``init`` or ``palette``): an
+    unreadable, oversized or malformed file (the file and line, from formats.read_clusters, which
+    never quotes content), too many centroids, or a count that disagrees with ``k`` (then the
+    parameter ``k`` came from is named too: ``k``, or ``k_from`` when it was read from another file).
     """
     from .errors import InputError
     from .formats import read_clusters
@@ -94,17 +142,20 @@ def _k_of_init_file(path: str, k: int | None) -> int:
     try:
         size = os.path.getsize(path)
     except OSError as err:
-        raise ParamError(f"init: cannot read the clusters file {shown(path)} ({err.strerror or type(err).__name__})") from None
+        raise ParamError(f"{name}: cannot read the clusters file {shown(path)} ({err.strerror or type(err).__name__})") from None
     if size > MAX_INIT_FILE_BYTES:
-        raise ParamError(f"init: {shown(path)} is {size} bytes, too large for a clusters file "
+        raise ParamError(f"{name}: {shown(path)} is {size} bytes, too large for a clusters file "
                          f"(at most {MAX_INIT_FILE_BYTES} bytes: K <= {MAX_K} lines 'label B G R')")
     try:
         found = len(read_clusters(path))
     except InputError as err:
-        raise ParamError(f"init: not a usable clusters file: {err}") from None
+        raise ParamError(f"{name}: not a usable clusters file: {err}") from None
     if found > MAX_K:
-        raise ParamError(f"init: clusters file {shown(path)} holds {found} centroids; k is at most {MAX_K}")
+        raise ParamError(f"{name}: clusters file {shown(path)} holds {found} centroids; k is at most {MAX_K}")
     if k is not None and k != found:
-        raise ParamError(f"init and k disagree: clusters file {shown(path)} holds {found} centroids but k is {k}; "
+        if k_from:
+            raise ParamError(f"{name} and {k_from} disagree: clusters file {shown(path)} holds {found} centroids "
+                             f"but the {k_from} file holds {k}")
+        raise ParamError(f"{name} and k disagree: clusters file {shown(path)} holds {found} centroids but k is {k}; "
                          f"set k to {found}")
     return found

@@ -75,6 +75,16 @@ def inputs(tmp_path_factory):
     return folder
 
 
+def run_note(dag_run) -> str | None:
+    from sqlalchemy import select
+
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.scalars(select(DagRun).where(DagRun.run_id == dag_run.run_id)).one().note
+
+
 def states(dag_run):
     return {(ti.task_id, ti.map_index): ti.state for ti in dag_run.get_task_instances()}
 
@@ -134,6 +144,8 @@ def test_early_exit_still_reconstructs_and_publishes(airflow_db, inputs, tmp_pat
         assert st[(f"iteration_{i:02d}.mapreduce", -1)] == "skipped"
     figures = json.load(open(os.path.join(published(dag_run, conf["output"]), "coffee.json")))
     assert figures["iterations"] == max_iterations and figures["converged"] is False
+    assert run_note(dag_run) == (f"Stopped at iteration {max_iterations} (max_iterations): 0 of 1 image(s) "
+                                 f"converged; published")
     assert len(figures["history"]) == max_iterations
 
 
@@ -149,6 +161,8 @@ def test_exit_on_convergence_in_the_middle(airflow_db, inputs, tmp_path):
     st = states(dag_run)
     assert st[(f"iteration_{last:02d}.converge", -1)] == "success"
     assert st[(f"iteration_{last + 1:02d}.converge", -1)] == "skipped"
+    # the run's note says at a glance which iteration exited (kmeans_plugin.listener)
+    assert run_note(dag_run) == f"Converged at iteration {last}: all {len(results)} image(s); published"
     # batch_size 1: one MapReduce job per image while both move, then only the one still moving
     first = min(r["iterations"] for r in results)
     jobs = [k for k in st if k[0] == "iteration_01.mapreduce"]

@@ -199,7 +199,7 @@ class HadoopEngine:
         return self._means[key]
 
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
-        from ..streaming import format_centroids, parse_reduce_output
+        from ..streaming import format_centroids, parse_reduce_output, utf8_lines
 
         centroids = {i: parse_clusters(self.hdfs.read_bytes(area.clusters(i, iteration - 1)), area.clusters(i, iteration - 1))
                      for i in image_ids}
@@ -253,11 +253,14 @@ class HadoopEngine:
                     self.hdfs.delete(output)
                 self._submit([o.replace("mapreduce.job.ubertask.enable=true", "mapreduce.job.ubertask.enable=false")
                               for o in command], iteration, len(image_ids))
-        lines = []
-        for name in sorted(self.hdfs.list(output)):
-            if name.startswith("part-"):
-                lines += self.hdfs.read_bytes(posixpath.join(output, name)).decode("utf-8").splitlines()
-        results = parse_reduce_output(lines)
+        results = {}
+        try:  # each part file holds every record of its images (partitioned by image id)
+            for name in sorted(self.hdfs.list(output)):
+                if name.startswith("part-"):
+                    part = posixpath.join(output, name)
+                    results.update(parse_reduce_output(utf8_lines(self.hdfs.read_bytes(part), part), part))
+        except ValueError as err:  # names the part file and the line, never its bytes
+            raise HadoopJobError(f"job {self.last_job.get('application_id')}: unusable reducer output: {err}") from None
         missing = set(image_ids) - set(results)
         if missing:
             raise HadoopJobError(f"job {self.last_job.get('application_id')} returned nothing for {sorted(missing)}")

@@ -6,6 +6,7 @@
 - The results app (kmeans_plugin.web), mounted on the API server under ``/kmeans``: a run's
   published report, images and JSON, and a page of recent results, behind Airflow's own login.
 - An external view, **K-means results** in the UI's Browse menu, showing that page.
+- A listener that writes, as each run's note, which iteration exited and why (kmeans_plugin.listener).
 
 The operators live in kmeans_plugin.operators. DAG files and task workers import this package
 (through kmeans_plugin.operators), so it stays light: the results app and its FastAPI and Airflow
@@ -18,7 +19,7 @@ import importlib
 
 from airflow.plugins_manager import AirflowPlugin
 
-from kmeans_plugin import macros
+from kmeans_plugin import listener, macros
 from kmeans_plugin.links import URL_PREFIX, ReportLink, YarnApplicationLink, api_root_path
 
 
@@ -49,6 +50,7 @@ class KMeansPlugin(AirflowPlugin):
     name = "kmeans"
     macros = [macros.run_key, macros.work_dir, macros.output_dir]
     operator_extra_links = [ReportLink(), YarnApplicationLink()]
+    listeners = [listener]  # the run's note: which iteration exited, and why
     fastapi_apps = [{"app": _LazyApp("kmeans_plugin.web:app"), "url_prefix": URL_PREFIX, "name": "K-means results"}]
     external_views = [{
         "name": "K-means results",

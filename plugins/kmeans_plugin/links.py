@@ -8,9 +8,8 @@ its UI renders only http(s), mailto and same-origin URLs, so a ``file://`` link 
   Airflow's own login). Built from the task instance key, and only when the task returned the
   published folder: it never names a staging or work folder.
 - **YARN application** (on ``KMeansIterationOperator``): the tracking URL of the task's Hadoop job.
-- **Outputs**: dropped. It pointed at the run's work area (``file://``, never rendered), which
-  ``cleanup`` deletes, so it had no target left; the class stays only while
-  ``KMeansIterationOperator`` and the DAG still name it, and renders nothing.
+- The former **Outputs** link is gone: it pointed at the run's work area (``file://``, never
+  rendered), which ``cleanup`` deletes.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from urllib.parse import quote, urlsplit
 from airflow.sdk import BaseOperatorLink
 
 YARN_KEY = "kmeans_yarn_url"
-#: Deprecated: the XCom the dropped Outputs link read. Kept while the DAG still pushes it.
-OUTPUTS_KEY = "kmeans_outputs_url"
 #: Where the plugin's FastAPI app is mounted on the API server.
 URL_PREFIX = "/kmeans"
 
@@ -71,12 +68,3 @@ class YarnApplicationLink(BaseOperatorLink):
 
     def get_link(self, operator, *, ti_key) -> str:
         return _xcom(ti_key, YARN_KEY) or ""
-
-
-class OutputsLink(BaseOperatorLink):
-    """Dropped (see the module docstring): renders nothing. Remove it from KMeansIterationOperator."""
-
-    name = "Outputs"
-
-    def get_link(self, operator, *, ti_key) -> str:
-        return ""

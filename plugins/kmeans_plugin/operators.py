@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseOperator
 
-from kmeans_plugin.links import OUTPUTS_KEY, YARN_KEY, OutputsLink, YarnApplicationLink
-from kmeans_plugin.links import ReportLink
+from kmeans_plugin.links import YARN_KEY, ReportLink, YarnApplicationLink
 
 
 class KMeansIterationOperator(BaseOperator):
@@ -47,6 +46,10 @@ class KMeansIterationOperator(BaseOperator):
             self.log.info("%s: sse %.6g, largest shift %.4f, re-seeded %s, %s", image_id, f["sse"], f["max_shift"],
                           f["reseeded"] or "none", "converged" if f["converged"] else "moving")
         return figures
+
+
+#: XCom key of the exit decision, set by the iteration that exits.
+EXIT_KEY = "kmeans_exit"
 
 
 class ConvergenceOperator(BaseOperator):
@@ -92,11 +95,14 @@ class ConvergenceOperator(BaseOperator):
             self.log.info("iteration %d: %d of %d image(s) still moving: next iteration", self.iteration,
                           len(moving), total)
             return batches(moving, int(plan["batch_size"]))
+        run_total = len(plan["images"])  # images converged in earlier iterations left the batches
         if moving:
-            self.log.info("iteration %d: max_iterations (%d) reached with %d image(s) still moving: exit",
-                          self.iteration, limit, len(moving))
+            summary = (f"Stopped at iteration {self.iteration} (max_iterations): {run_total - len(moving)} of "
+                       f"{run_total} image(s) converged")
         else:
-            self.log.info("iteration %d: all %d image(s) converged: exit", self.iteration, total)
+            summary = f"Converged at iteration {self.iteration}: all {run_total} image(s)"
+        self.log.info("%s: exit", summary)
+        ti.xcom_push(key=EXIT_KEY, value=summary)  # the run's note (kmeans_plugin.listener)
         if self.skip_on_exit:
             raise DownstreamTasksSkipped(tasks=list(self.skip_on_exit))
 

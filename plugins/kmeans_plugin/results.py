@@ -1,0 +1,126 @@
+"""What the results app may serve, decided without HTTP: which folder a run published, whether that
+folder may be served, and which file of it a requested name means.
+
+- A run's folder comes only from Airflow's metadata: the return value (XCom) of the run's
+  successful ``publish`` task, an absolute path. Never from the client.
+- It is served only when it resolves under the allowed roots (kmeans_ops.paths.AllowedRoots) and
+  is a published run (kmeans_ops.publish.is_published: it holds summary.json and is no symlink).
+- A name is a plain file name of that folder (no ``/``, no ``..``, no hidden file) with a known
+  type; its resolved path must still lie in the folder, so a symlink pointing out is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+#: The task whose return value is the run's published folder.
+PUBLISH_TASK_ID = "publish"
+#: The DAG whose runs the results page lists.
+RESULTS_DAG_ID = "kmeans_image_clustering"
+REPORT = "report.html"
+#: File types a published run holds, by suffix; anything else is not served. HTML only as REPORT.
+CONTENT_TYPES = {".png": "image/png", ".json": "application/json"}
+HTML_TYPE = "text/html; charset=utf-8"
+
+
+def servable_folder(folder, roots) -> str | None:
+    """The resolved path of ``folder`` if it is a local published run folder under ``roots``
+    (an AllowedRoots), else None."""
+    from kmeans_ops.paths import is_hdfs
+    from kmeans_ops.publish import is_published
+
+    if not isinstance(folder, str) or not folder or is_hdfs(folder) or not os.path.isabs(folder):
+        return None
+    if not roots.contains(folder) or not is_published(folder):
+        return None
+    return os.path.realpath(folder)
+
+
+def content_type(name: str) -> str | None:
+    """The Content-Type a published file is served with, or None when it is not served."""
+    if name == REPORT:
+        return HTML_TYPE
+    return CONTENT_TYPES.get(os.path.splitext(name)[1].lower())
+
+
+def file_in(folder: str, name: str) -> str | None:
+    """The path of the file ``name`` directly inside ``folder`` (already resolved), or None when
+    ``name`` is not a plain, servable file name or resolves outside the folder."""
+    if not name or name.startswith(".") or any(ch in name for ch in ("/", "\\", "\0")):
+        return None
+    if content_type(name) is None:
+        return None
+    real = os.path.realpath(os.path.join(folder, name))
+    if os.path.dirname(real) != folder or not os.path.isfile(real):
+        return None
+    return real
+
+
+def summary_of(folder: str) -> dict | None:
+    """A published run's figures for the results page (from its summary.json), or None when the
+    file cannot be read."""
+    from kmeans_ops.publish import PUBLISHED_MARKER
+
+    try:
+        with open(os.path.join(folder, PUBLISHED_MARKER), encoding="utf-8") as handle:
+            summary = json.load(handle)
+        run = summary.get("run") or {}
+        params = run.get("params") or {}
+        return {"images": len(summary.get("images") or []), "failures": len(summary.get("failures") or []),
+                "k": params.get("k"), "engine": run.get("engine")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def _xcom_value(row):
+    """The Python value of a row's ``value`` column, decoded as Airflow stores XComs."""
+    from airflow.models.xcom import XComModel
+
+    return XComModel.deserialize_value(row)
+
+
+def _published_select(dag_id: str):
+    """SELECT run_id, end_date, value of the successful publish task instances of ``dag_id`` that
+    returned a value."""
+    from sqlalchemy import and_, select
+
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.models.xcom import XComModel
+    from airflow.utils.state import TaskInstanceState
+
+    return (
+        select(TI.run_id, TI.end_date, XComModel.value)
+        .join(XComModel, and_(XComModel.dag_id == TI.dag_id, XComModel.run_id == TI.run_id,
+                              XComModel.task_id == TI.task_id, XComModel.map_index == TI.map_index,
+                              XComModel.key == "return_value"))
+        .where(TI.dag_id == dag_id, TI.task_id == PUBLISH_TASK_ID, TI.map_index == -1,
+               TI.state == TaskInstanceState.SUCCESS)
+    )
+
+
+def published_folder(session, dag_id: str, run_id: str):
+    """What the run's successful ``publish`` task returned (its published folder), or None."""
+    from airflow.models.taskinstance import TaskInstance as TI
+
+    row = session.execute(_published_select(dag_id).where(TI.run_id == run_id)).first()
+    return None if row is None else _xcom_value(row)
+
+
+def recent_publications(session, dag_id: str, limit: int) -> list[tuple[str, object, object]]:
+    """(run id, end date, returned folder) of the newest successful ``publish`` task instances."""
+    from airflow.models.taskinstance import TaskInstance as TI
+
+    rows = session.execute(_published_select(dag_id).order_by(TI.end_date.desc()).limit(limit)).all()
+    return [(row.run_id, row.end_date, _xcom_value(row)) for row in rows]
+
+
+def format_time(when) -> str:
+    """``2025-11-28 02:12:09 UTC`` (Airflow keeps times in UTC), or an empty string."""
+    if when is None:
+        return ""
+    from datetime import timezone
+
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
