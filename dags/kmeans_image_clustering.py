@@ -66,6 +66,19 @@ is reported and the others go on; a run where every image fails is marked failed
                                   "('label B G R' per line) under the allowed roots; its K must equal k."),
         "seed": Param(settings.DEFAULT_SEED, type="integer", minimum=0, maximum=settings.MAX_SEED, title="Random seed",
                       description=f"Seed of every random choice, 0 to {settings.MAX_SEED}: same seed, same result."),
+        "palette": Param("image", type="string", minLength=1, title="Palette", examples=["image", "run"],
+                         description="'image' (the default, as the seed did): each image gets its own K colours; "
+                                     "'run': one palette of K colours for all the run's images, so a colour means "
+                                     "the same in every image (frames of a video, tiles of a scene); or the path of a "
+                                     "clusters file under the allowed roots: a fixed palette applied with no "
+                                     "iterations (its K must equal k)."),
+        "labels": Param(False, type="boolean", title="Label maps",
+                        description="Also write <stem>-labels.png: one channel, each pixel's cluster index "
+                                    "(8-bit for K up to 256, else 16-bit), so palette_rgb[label] is its colour."),
+        "dither": Param("none", type="string", enum=["none", "floyd-steinberg"], title="Dithering",
+                        values_display={"none": "None", "floyd-steinberg": "Floyd-Steinberg error diffusion"},
+                        description="Error diffusion with the same palette, so gradients do not band; "
+                                    "needs K of 256 or less."),
         "engine": Param("local", type="string", enum=["local", "hadoop"], title="Engine",
                         values_display={"local": "Embedded (in-process MapReduce)",
                                         "hadoop": "Hadoop Streaming on YARN, data in HDFS"}),
@@ -124,7 +137,12 @@ def kmeans_image_clustering():
 
         from airflow.sdk.exceptions import AirflowFailException
 
+        from airflow.providers.common.compat.sdk import DownstreamTasksSkipped
+
+        from kmeans_ops import palette
         from kmeans_ops.engines import get_engine
+        from kmeans_ops.errors import InputError
+        from kmeans_ops.params import Params
         from kmeans_ops.run import batches
         from kmeans_ops.workarea import WorkArea
 
@@ -133,11 +151,21 @@ def kmeans_image_clustering():
         failures = [{k: r[k] for k in ("source", "error", "stage")} for r in ingested if not r["ok"]]
         if not good:
             raise AirflowFailException(f"all {len(ingested)} image(s) failed: " + "; ".join(f["error"] for f in failures))
+        good_ids = [r["image_id"] for r in good]
+        params = Params(**run["params"])
+        try:  # a shared palette: the union of the images' tables (or the palette file) as one unit
+            unit = palette.prepare(WorkArea(run["work"]), good_ids, params)
+        except InputError as err:
+            raise AirflowFailException(str(err)) from None
         area = get_engine(run["engine"]).stage(WorkArea(run["work"]), run["key"])
         context["ti"].xcom_push(key="plan", value={
             **run, "work": area.root, "local_work": run["work"], "images": {r["image_id"]: r["stem"] for r in good},
-            "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]]})
-        return batches([r["image_id"] for r in good], run["batch_size"])
+            "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]],
+            "palette_unit": unit, "palette": palette.describe(params, len(good))})
+        if palette.mode(params) == "file":  # a fixed palette: no iteration at all
+            raise DownstreamTasksSkipped(tasks=[f"iteration_{i:02d}.{name}" for i in range(1, ITERATION_BOUND + 1)
+                                                for name in STEPS])
+        return batches([unit] if unit else good_ids, run["batch_size"])
 
     images = prepare()
     step = upload(images["plan"], ingest.partial(run=images["plan"]).expand(batch=images))
@@ -163,8 +191,11 @@ def kmeans_image_clustering():
 
         from kmeans_ops.run import task_batches
 
+        from kmeans_ops.palette import FIXED_STATE
+
         ti = context["ti"]
-        plan, state = None, {}
+        plan = ti.xcom_pull(task_ids="upload", key="plan")  # replaced by the last iteration's
+        state = {}
         for i in range(1, ITERATION_BOUND + 1):
             group = f"iteration_{i:02d}"
             step_plan = ti.xcom_pull(task_ids=f"{group}.converge", key="plan")
@@ -175,6 +206,9 @@ def kmeans_image_clustering():
             for job in (pulled if isinstance(pulled, list) else [pulled]):
                 for image_id, f in (job or {}).items():
                     state[image_id] = {"iterations": f["iteration"], "converged": f["converged"]}
+        unit = plan.get("palette_unit")
+        if unit:  # a shared palette: every image takes the palette unit's state
+            state = {image_id: state.get(unit, FIXED_STATE) for image_id in plan["images"]}
         images = [{"image_id": image_id, "stem": stem, **state[image_id]} for image_id, stem in plan["images"].items()]
         ti.xcom_push(key="plan", value={**plan, "timeline": plan["timeline"] + [["iterations", time.time()]]})
         return task_batches(images)
@@ -193,11 +227,18 @@ def kmeans_image_clustering():
         from kmeans_ops.workarea import WorkArea
 
         get_current_context()["batch_label"] = batch_label([image["stem"] for image in batch])
-        engine = get_engine(run["engine"])
+        engine, area, unit = get_engine(run["engine"]), WorkArea(run["work"]), run.get("palette_unit")
+        if unit:  # the shared palette's files, once for the batch (the image's own never left the local area)
+            engine.fetch(area, unit, run["local_work"])
+        local = WorkArea(run["local_work"])
+        extra = {"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]}
+        if unit:
+            extra["palette"] = run["palette"]
+        options = {"labels": run["params"]["labels"], "dither": run["params"]["dither"], "palette_unit": unit}
         return reconstruct_batch(
-            batch, lambda image_id: engine.fetch(WorkArea(run["work"]), image_id, run["local_work"]),
-            staging_dir(run["output"], run["key"]), final_dir(run["output"], run["key"]),
-            {"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]}, logging.getLogger(__name__))
+            batch, (lambda image_id: local) if unit else (lambda image_id: engine.fetch(area, image_id, local.root)),
+            staging_dir(run["output"], run["key"]), final_dir(run["output"], run["key"]), extra,
+            logging.getLogger(__name__), options)
 
     @task
     def cleanup(run: dict) -> None:

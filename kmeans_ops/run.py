@@ -72,7 +72,7 @@ def batches(image_ids: list[str], size: int) -> list[list[str]]:
 def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """Check a DAG run's params once and plan the run: its images, work area and output folder.
 
-    Every path param (``input`` items, ``init`` when it is a file, ``output``) is checked against
+    Every path param (``input`` items, ``init`` and ``palette`` when they are files, ``output``) is checked against
     the allowed roots (kmeans_ops.paths) before anything is read, then every image the inputs name
     (a folder's files, a pattern's matches) is checked again once resolved, so a symlink pointing
     outside is refused. Raises ParamError (PathNotAllowed for a path outside), InputError for an
@@ -89,11 +89,14 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     for item in inputs:
         roots.check("input", item)
     output = roots.check("output", conf["output"])
-    init = conf["init"]
+    init, palette = conf["init"], conf.get("palette", "image")
     if init not in P.INIT_METHODS:
         init = roots.check("init", init)
+    if palette not in ("image", "run"):
+        palette = roots.check("palette", palette)
     validated = P.validate(k=conf["k"], init=init, seed=conf["seed"], max_iter=conf["max_iterations"],
-                           delta=conf["delta"])
+                           delta=conf["delta"], palette=palette, labels=conf.get("labels", False),
+                           dither=conf.get("dither", "none"))
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError(", ".join(inputs), "no images found")

@@ -60,6 +60,7 @@ CASES = {
     "output outside": lambda root, out: {"output": str(out / "results")},
     "output through symlink": lambda root, out: {"output": str(root / "link-to-outside" / "results")},
     "init outside": lambda root, out: {"init": str(out / "clusters.txt")},
+    "palette file outside": lambda root, out: {"palette": str(out / "clusters.txt")},
 }
 
 
