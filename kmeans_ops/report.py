@@ -9,6 +9,11 @@ The page is the Jinja2 template ``templates/report.html.j2`` (with ``_macros.htm
   :func:`render_report` returns it as a string; :func:`report_context` is what the template gets.
 - :func:`thumbnail_data_uri` makes the before / after thumbnails; :func:`chart_geometry` the
   coordinates of the convergence charts; :func:`run_times` the run's wall time and time per stage.
+- :func:`shared_palettes` groups the images that share a palette (``palette`` "run" or a palette
+  file): the page shows each shared palette once, near the top, and in each image's section the
+  image's share of each of its colours instead of a palette of its own.
+- :func:`label_link` is the relative link to an image's label map (``<stem>-labels.png``), which
+  is published in the report's folder.
 
 Escaping: the environment autoescapes every value, with :func:`html.escape` (so ``'`` is written
 ``&#x27;``, as the page always was). File names, messages and warnings are also passed through
@@ -25,6 +30,7 @@ import math
 import os
 from datetime import datetime
 from html import escape
+from urllib.parse import quote
 
 from .errors import shown
 
@@ -43,6 +49,9 @@ KNOWN_RUN_KEYS = frozenset({"run_id", "dag_id", "engine", "params", "started", "
                             "wall_seconds", "stages"})
 
 NOT_RECORDED = "not recorded"
+
+#: How each ``dither`` value reads in the report ("none" is not shown).
+DITHER_NAMES = {"floyd-steinberg": "Floyd–Steinberg"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,9 +227,17 @@ def _plain(value) -> str:
 
 
 def _param_pairs(params: dict) -> list[tuple[str, str]]:
-    """``(name, value)`` of the run's parameters, :data:`PARAM_ORDER` first."""
+    """``(name, value)`` of the run's parameters, :data:`PARAM_ORDER` first; ``dither`` only when
+    it is not "none" (the default: no error diffusion)."""
     keys = [k for k in PARAM_ORDER if k in params] + sorted(k for k in params if k not in PARAM_ORDER)
-    return [(_line(k), _line(_plain(params[k]))) for k in keys]
+    return [(_line(k), _line(_plain(params[k]))) for k in keys if not (k == "dither" and params[k] in (None, "none"))]
+
+
+def _dither(value) -> str:
+    """How a ``dither`` value reads: "" for "none" (or missing), "Floyd–Steinberg", else as is."""
+    if value in (None, "", "none"):
+        return ""
+    return DITHER_NAMES.get(value, _line(value))
 
 
 def _parse_time(text):
@@ -453,6 +470,10 @@ def _charts(r: dict, delta) -> dict:
 
 def _header(results: list[dict], failures: list[dict], run: dict, params) -> dict:
     engine = run.get("engine") or _common(results, "engine")
+    pairs = _param_pairs(params) if params else []
+    dither = _common(results, "dither")
+    if not (params and "dither" in params) and _dither(dither):  # the images say it, the parameters do not
+        pairs.append(("dither", _line(dither)))
     extras = []
     for key in sorted(k for k in run if k not in KNOWN_RUN_KEYS):
         value = run[key]
@@ -464,7 +485,7 @@ def _header(results: list[dict], failures: list[dict], run: dict, params) -> dic
         "engine": _line(engine) if engine else "",
         "run_id": _line(run.get("run_id")),
         "dag_id": _line(run.get("dag_id")),
-        "params": _param_pairs(params) if params else [],
+        "params": pairs,
         "started": _line(run.get("started")),
         "finished": _line(run.get("finished")),
         "output": _line(run.get("output")),
@@ -501,32 +522,168 @@ def _failure_row(f: dict) -> dict:
     }
 
 
-def _palette(r: dict) -> dict:
-    """The share bar and the swatches (largest share first when pixel counts are known)."""
-    palette = r.get("palette_rgb")
-    if not palette and r.get("centroids_rgb"):
-        palette = r["centroids_rgb"]
-    if not palette:
-        return {"recorded": False, "bar": [], "swatches": []}
+def _colours(r: dict) -> list:
+    """The image's palette colours (``palette_rgb``, else ``centroids_rgb``); [] when not recorded."""
+    palette = r.get("palette_rgb") or r.get("centroids_rgb")
+    return palette if isinstance(palette, list) else []
+
+
+def _counts(r: dict, n: int) -> list | None:
+    """The image's pixel count per palette colour (``cluster_pixels``), None unless one per colour."""
     counts = r.get("cluster_pixels")
-    if not isinstance(counts, list) or len(counts) != len(palette):
-        counts = None
+    return counts if isinstance(counts, list) and len(counts) == n else None
+
+
+def _share_bar(entries: list[dict], total) -> list[dict]:
+    """The segments of a stacked share bar, one per entry (``code``, ``count``, ``index``) with pixels."""
+    if not total:
+        return []
+    return [{"code": e["code"], "width": f"{100 * e['count'] / total:.3f}",
+             "title": f"{e['code']} (label {e['index']}) {100 * e['count'] / total:.1f} %"}
+            for e in entries if e["count"]]
+
+
+def palette_view(colours: list, counts: list | None) -> dict:
+    """The share bar and the swatches of a palette: ``colours`` (R, G, B) and, when known, the
+    pixels of each (then largest share first). Each swatch's title names its label (the colour's
+    index in the palette: its value in the label maps)."""
+    if not colours:
+        return {"recorded": False, "bar": [], "swatches": []}
     entries = []
-    for i, colour in enumerate(palette):
+    for i, colour in enumerate(colours):
         code = _hex(colour)
         if code is not None:
-            entries.append((code, _num(counts[i]) if counts else None))
-    total = sum(c for _, c in entries if c) if counts else 0
+            entries.append({"index": i, "code": code, "count": _num(counts[i]) if counts else None})
+    total = sum(e["count"] for e in entries if e["count"]) if counts else 0
     if counts:
-        entries.sort(key=lambda e: -(e[1] or 0))
-    bar = [{"code": code, "width": f"{100 * c / total:.3f}", "title": f"{code} {100 * c / total:.1f} %"}
-           for code, c in entries if c] if total else []
+        entries.sort(key=lambda e: -(e["count"] or 0))
     swatches = []
-    for code, count in entries:
-        share = f"{100 * count / total:.1f} %" if total and count is not None else ""
-        title = code + (f": {_int(count)} pixels ({share})" if share else "")
-        swatches.append({"code": code, "ink": _ink(code), "title": title, "share": share})
-    return {"recorded": True, "bar": bar, "swatches": swatches}
+    for e in entries:
+        share = f"{100 * e['count'] / total:.1f} %" if total and e["count"] is not None else ""
+        title = f"{e['code']} (label {e['index']})" + (f": {_int(e['count'])} pixels ({share})" if share else "")
+        swatches.append({"code": e["code"], "ink": _ink(e["code"]), "title": title, "share": share})
+    return {"recorded": True, "bar": _share_bar(entries, total), "swatches": swatches}
+
+
+def _palette(r: dict) -> dict:
+    """The image's own palette: share bar and swatches (largest share first when counts are known)."""
+    colours = _colours(r)
+    return palette_view(colours, _counts(r, len(colours)))
+
+
+# --------------------------------------------------------------------------------------------
+# Shared palettes: one palette for several images (``palette`` "run" or a palette file)
+
+
+def _shared_key(r: dict):
+    """What images sharing one palette have in common: the ``palette`` entry's unit and the
+    colours; None for an image with a palette of its own."""
+    entry = r.get("palette")
+    if not isinstance(entry, dict) or not entry.get("unit"):
+        return None
+    codes = tuple(_hex(c) for c in _colours(r))
+    return (str(entry["unit"]), codes) if codes and None not in codes else None
+
+
+def _group(number: int, members: list[tuple[int, dict]], delta) -> dict:
+    """One shared palette: its swatches with each colour's share over all its images, its mode
+    ("run", "file": the template says "One palette for the run (K colours, N images)" or "Fixed
+    palette from <file> (...)"), the stacked share bar of each image (in the shared palette's
+    order, largest share over the run first) and, for a palette that was iterated, its convergence
+    charts (every image has the same history: shown once). ``images``: how many images share it
+    (the ``palette`` entry's count; ``shown`` of them are in the report)."""
+    first = members[0][1]
+    entry = first["palette"]
+    colours = _colours(first)
+    sums, counted = [0.0] * len(colours), 0
+    for _, r in members:
+        counts = _counts(r, len(colours))
+        if counts is not None:
+            counted += 1
+            for i, c in enumerate(counts):
+                sums[i] += _num(c) or 0.0
+    view = palette_view(colours, sums if counted else None)
+    images = _num(entry.get("images"))
+    images = int(images) if images is not None and images >= len(members) else len(members)
+    order = sorted(range(len(colours)), key=lambda i: -sums[i]) if counted else list(range(len(colours)))
+    by_image = []
+    for i, r in members:
+        counts = _counts(r, len(colours))
+        entries = [{"index": j, "code": _hex(colours[j]), "count": _num(counts[j]) if counts else None}
+                   for j in order]
+        total = sum(e["count"] for e in entries if e["count"]) if counts else 0
+        by_image.append({"anchor": f"img-{i}", "name": _name(r), "bar": _share_bar(entries, total)})
+    fixed = entry.get("mode") == "file" or first.get("iterations") == 0
+    return {
+        "anchor": f"palette-{number}",
+        "mode": _line(entry.get("mode") or ""),
+        "file": _line(entry.get("file")) if entry.get("file") else "",
+        "k": len(colours),
+        "images": images,
+        "shown": len(members),
+        "order": order,
+        "view": view,
+        "by_image": by_image,
+        "fixed": fixed,
+        "convergence": _charts(first, delta) if not fixed else {"charts": [], "reseeded": "", "delta": False},
+        "iterations": _int(first.get("iterations")),
+        "converged": first.get("converged"),
+    }
+
+
+def shared_palettes(results: list[dict], params: dict | None) -> tuple[list[dict], dict[int, dict]]:
+    """The shared palettes of the run, in the order of their first image, and for each image
+    (by its 1-based number) the palette it shares. Images share a palette when their ``palette``
+    entries name the same unit and their colours are the same; an image without a ``palette``
+    entry (``palette`` "image") has its own and is in no group."""
+    keyed: dict = {}
+    for i, r in enumerate(results, 1):
+        key = _shared_key(r)
+        if key is not None:
+            keyed.setdefault(key, []).append((i, r))
+    groups, of_image = [], {}
+    for number, members in enumerate(keyed.values(), 1):
+        own = members[0][1].get("params")
+        delta = (own if isinstance(own, dict) else params or {}).get("delta")
+        group = _group(number, members, delta)
+        groups.append(group)
+        for i, _ in members:
+            of_image[i] = group
+    return groups, of_image
+
+
+def image_shares(r: dict, group: dict) -> dict:
+    """The image's own share of each colour of the shared palette ``group``, in the palette's order:
+    one row per colour (``code``, ``label``, ``pixels``, ``share``, bar ``width``); colours the
+    image does not use have an empty bar and ``used`` False. ``total``: the image's pixels."""
+    colours = _colours(r)
+    counts = _counts(r, len(colours))
+    total = sum(_num(c) or 0 for c in counts) if counts else 0
+    rows = []
+    for j in group["order"]:
+        code = _hex(colours[j]) if j < len(colours) else None
+        if code is None:
+            continue
+        count = _num(counts[j]) if counts else None
+        share = 100 * count / total if total and count is not None else None
+        rows.append({"code": code, "label": j, "pixels": _int(count), "used": count is None or count > 0,
+                     "share": "—" if share is None else f"{share:.1f} %",
+                     "width": "0" if not share else f"{share:.3f}",
+                     "title": f"{code} (label {j})" + (f": {_int(count)} pixels ({share:.1f} %)" if share is not None else "")})
+    return {"recorded": counts is not None, "rows": rows, "total": _int(total) if counts else "—",
+            "unused": sum(1 for row in rows if not row["used"])}
+
+
+def label_link(r: dict) -> dict | None:
+    """The link to the image's label map: ``{"href", "name"}``, the href relative (the file's
+    name, percent-encoded: the map is published in the report's folder); None without one."""
+    path = r.get("labels")
+    if not isinstance(path, str) or not path:
+        return None
+    name = os.path.basename(path)
+    if not name:
+        return None
+    return {"href": quote(os.fsencode(name), safe=""), "name": _line(name)}
 
 
 def _beside(path, folder: str | None) -> list[str]:
@@ -550,8 +707,9 @@ def _thumb(places: list[str], alt: str) -> dict | None:
     return None
 
 
-def _figures(r: dict, params: dict) -> list[dict]:
-    """The figures under the charts: ``{"label", "value", "sub", "cls"}``."""
+def _figures(r: dict, params: dict, group: dict | None = None) -> list[dict]:
+    """The figures under the charts: ``{"label", "value", "sub", "cls"}``. ``group``: the shared
+    palette of the image (:func:`shared_palettes`), None for a palette of its own."""
     def fig(label, value, sub="", cls=""):
         return {"label": label, "value": value, "sub": sub, "cls": cls}
 
@@ -572,15 +730,21 @@ def _figures(r: dict, params: dict) -> list[dict]:
     frames = _num(r.get("frames"))
     if frames is not None and frames > 1:
         figures.append(fig("Frames", _int(frames), "(first used)"))
+    if _dither(r.get("dither")):
+        figures.append(fig("Dither", _dither(r.get("dither"))))
+    if group is not None:
+        figures.append(fig("Palette", "fixed" if group["mode"] == "file" else "shared",
+                           f'{group["images"]} image{"s" if group["images"] != 1 else ""}'))
     if r.get("engine"):
         figures.append(fig("Engine", _line(r["engine"])))
-    if params.get("init") is not None:
+    if params.get("init") is not None and not (group is not None and group["fixed"]):  # a fixed palette has no init
         figures.append(fig("Init / seed", f'{_line(params["init"])} / {_line(params.get("seed", "—"))}'))
     return figures
 
 
-def _image(i: int, r: dict, run_params: dict | None, folder: str | None) -> dict:
-    """One image's section: paths, before / after thumbnails, palette, charts, figures, warnings."""
+def _image(i: int, r: dict, run_params: dict | None, folder: str | None, group: dict | None = None) -> dict:
+    """One image's section: paths, label map link, before / after thumbnails, palette (with a shared
+    palette ``group``: the image's share of each of its colours), charts, figures, warnings."""
     name = _name(r)
     params = r.get("params") if isinstance(r.get("params"), dict) else (run_params or {})
     source, output = r.get("source"), r.get("output")
@@ -595,6 +759,7 @@ def _image(i: int, r: dict, run_params: dict | None, folder: str | None) -> dict
         after_note = ("no output image (seed points input: centroids and figures only)" if not output
                       else "output image could not be read")
     size = _size(r)
+    shared = group is not None
     return {
         "anchor": f"img-{i}",
         "name": name,
@@ -610,9 +775,13 @@ def _image(i: int, r: dict, run_params: dict | None, folder: str | None) -> dict
         "distinct": _int(r.get("distinct_colours")),
         "k": _int(r.get("k")),
         "psnr": _psnr(r.get("psnr")),
-        "palette": _palette(r),
-        "convergence": _charts(r, params.get("delta")),
-        "figures": _figures(r, params),
+        "dither": _dither(r.get("dither")) if output else "",
+        "labels": label_link(r),
+        "group": group,
+        "palette": None if shared else _palette(r),
+        "shares": image_shares(r, group) if shared else None,
+        "convergence": None if shared else _charts(r, params.get("delta")),
+        "figures": _figures(r, params, group),
     }
 
 
@@ -623,12 +792,14 @@ def report_context(results: list[dict], failures: list[dict], run: dict, folder:
     failures = [f for f in (failures or []) if isinstance(f, dict)]
     run = run if isinstance(run, dict) else {}
     params = run.get("params") if isinstance(run.get("params"), dict) else _common(results, "params")
+    palettes, group_of = shared_palettes(results, params)
     return {
         "title": "K-means report" + (f" — {_line(run['run_id'])}" if run.get("run_id") else ""),
         "header": _header(results, failures, run, params),
+        "palettes": palettes,
         "rows": [_summary_row(i, r) for i, r in enumerate(results, 1)],
         "failures": [_failure_row(f) for f in failures],
-        "images": [_image(i, r, params, folder) for i, r in enumerate(results, 1)],
+        "images": [_image(i, r, params, folder, group_of.get(i)) for i, r in enumerate(results, 1)],
         "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
@@ -676,9 +847,13 @@ def write_report(path: str, results: list[dict], failures: list[dict], run: dict
     ``dag_id``, ``engine``, ``params``, ``started``, ``finished``, ``output``, ``wall_seconds``
     (the run's wall time) and ``stages`` (``[[name, seconds], ...]`` in pipeline order), any of
     them missing. The page shows a header (run, engine, parameters, counts, total time and time
-    per stage), a summary table, the failed images, and per image: warnings, before / after
-    thumbnails, the palette, the convergence charts (SSE and largest shift per iteration) and the
-    figures. Output images are read beside ``path`` first (publish() writes them together).
+    per stage), each shared palette once (``palette`` entries with one unit: its colours with their
+    share over all its images, its mode, each image's share bar and its convergence charts), a
+    summary table, the failed images, and per image: warnings, a link to its label map
+    (``labels``), before / after thumbnails, its palette (with a shared palette: its own share of
+    each shared colour, unused colours shown empty), the convergence charts (SSE and largest shift
+    per iteration) and the figures (``dither`` when not "none"). Output images are read beside
+    ``path`` first (publish() writes them together); label maps are linked by their name there.
     """
     from .storage import write_bytes
 

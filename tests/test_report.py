@@ -572,3 +572,191 @@ def test_rendered_from_templates_in_the_package_without_airflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(package))
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared palettes (--palette run, --palette FILE), label maps, dithering
+
+
+def _section_html(text: str, marker: str) -> list[str]:
+    """The HTML of each ``<section class="card MARKER"`` (sections do not nest)."""
+    return [part.split("</section>", 1)[0] for part in text.split(f'<section class="card {marker}"')[1:]]
+
+
+def _numbers(cell: str) -> int:
+    """A count as shown (thousands separated by a narrow space, which table_rows makes a space)."""
+    return int(re.sub(r"\s", "", cell))
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """Three real photos through the real CLI with one palette for the run, label maps and
+    Floyd-Steinberg dithering; the report written in the output folder, beside the label maps."""
+    root = tmp_path_factory.mktemp("shared")
+    folder, out = root / "in", root / "out"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "astronaut"):
+        assert cv2.imwrite(str(folder / f"{name}.png"), photo_bgr(name))
+    status, err = run_cli("quantize", folder, "-k", 6, "--palette", "run", "--labels",
+                          "--dither", "floyd-steinberg", "--out", out, "-q")
+    assert status == 0, err
+    results = [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(str(out / "*.json")))]
+    assert len(results) == 3
+    assert {r["palette"]["unit"] for r in results} == {"palette=run"}
+    path = out / "report.html"
+    write_report(str(path), results, [], dict(RUN, params=results[0]["params"]))
+    return path, results
+
+
+def test_shared_palette_shown_once_with_the_run_shares(shared_run):
+    path, results = shared_run
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    words = plain(page)
+    palette = results[0]["palette_rgb"]
+    assert all(r["palette_rgb"] == palette for r in results)
+    # one shared section, before the images table; the only swatches of the page are its K colours
+    (shared,) = _section_html(text, "shared-palette")
+    assert text.index('class="card shared-palette"') < text.index('id="summary"')
+    assert text.count('class="swatch"') == len(palette) == 6
+    assert text.count('class="palette"') == 1
+    assert all(section["hexes"] == [] for section in page.sections)  # no image repeats a palette
+    assert "One palette for the run (6 colours, 3 images)" in words
+    # each colour's share over the whole run, largest first
+    totals = [sum(r["cluster_pixels"][j] for r in results) for j in range(len(palette))]
+    pixels = sum(r["width"] * r["height"] for r in results)
+    assert sum(totals) == pixels
+    swatches = re.findall(r'<span class="hex">(#[0-9a-f]{6})</span><span class="share">([^<]*)</span>', shared)
+    order = sorted(range(len(palette)), key=lambda j: -totals[j])
+    assert [code for code, _ in swatches] == [hex_of(palette[j]) for j in order]
+    assert [share for _, share in swatches] == [f"{100 * totals[j] / pixels:.1f} %" for j in order]
+    # one stacked bar per image, linking to its section, in the shared order
+    assert shared.count('class="sharebar"') == 1 + len(results)
+    for i, r in enumerate(results, 1):
+        assert f'href="#img-{i}"' in shared
+    # the convergence charts once, in the shared section (every image has the same history)
+    assert shared.count("<svg") == 2 and text.count("<svg") == 2
+    assert text.count('class="hline"') == 1
+    assert [section["svgs"] for section in page.sections] == [0, 0, 0]
+    assert f"{results[0]['iterations']} iterations, converged" in words
+
+
+def test_each_image_shows_its_share_of_the_shared_palette(shared_run):
+    path, results = shared_run
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    sections = _section_html(text, "image")
+    assert len(sections) == len(page.sections) == len(results)
+    palette = results[0]["palette_rgb"]
+    totals = [sum(r["cluster_pixels"][j] for r in results) for j in range(len(palette))]
+    order = sorted(range(len(palette)), key=lambda j: -totals[j])
+    for r, html_of, section in zip(results, sections, page.sections):
+        rows, _ = table_rows(html_of, "shares")
+        assert rows[0] == ["Colour", "Label", "Share of this image's pixels", "Share", "Pixels"]
+        body, foot = rows[1:-1], rows[-1]
+        assert len(body) == len(palette)
+        # the shared palette's order, each colour with its label (index in palette_rgb)
+        assert [row[0] for row in body] == [hex_of(palette[j]) for j in order]
+        assert [int(row[1]) for row in body] == order
+        counts = [_numbers(row[4]) for row in body]
+        assert counts == [r["cluster_pixels"][j] for j in order]
+        assert sum(counts) == r["width"] * r["height"] == _numbers(foot[-1])
+        total = r["width"] * r["height"]
+        assert [row[3] for row in body] == [f"{100 * c / total:.1f} %" for c in counts]
+        widths = [float(w) for w in re.findall(r'class="track"><span style="width:([0-9.]+)%', html_of)]
+        assert len(widths) == len(palette) and abs(sum(widths) - 100) < 0.01
+        body_words = re.sub(r"\s+", " ", " ".join(section["text"]))
+        assert re.search(r"Its share of the shared palette ?: 6 colours", body_words)
+        assert 'href="#palette-1"' in html_of
+        assert "Palette shared 3 images" in body_words
+
+
+def test_label_maps_linked_and_dither_shown(shared_run):
+    from urllib.parse import unquote
+
+    path, results = shared_run
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    links = re.findall(r'<a class="labels" href="([^"]+)">([^<]+)</a>', text)
+    assert len(links) == len(results)
+    for (href, name), r in zip(links, results):
+        assert "/" not in href and not href.startswith(("http", "file", "data"))  # relative, same folder
+        assert unquote(href) == os.path.basename(r["labels"]) == html.unescape(name)
+        assert (path.parent / unquote(href)).is_file()
+        assert href in page.hrefs
+    words = plain(page)
+    assert "dither = floyd-steinberg" in words  # the run's parameters
+    for section in page.sections:
+        body = re.sub(r"\s+", " ", " ".join(section["text"]))
+        assert "Dither Floyd–Steinberg" in body  # the figures
+        assert "dithered (Floyd–Steinberg)" in body  # the "after" caption
+        assert "Label map:" in body
+
+
+def test_per_image_palettes_unchanged_beside_a_shared_one(cli_run, shared_run, tmp_path):
+    """A run without a shared palette has no shared section, no dither, no label links; an image
+    with its own palette keeps it when shown beside images sharing one."""
+    out, results, _ = cli_run
+    assert all(r.get("palette") is None and r.get("labels") is None and r.get("dither") == "none" for r in results)
+    path = tmp_path / "r.html"
+    write_report(str(path), results, [], RUN)
+    text = path.read_text(encoding="utf-8")
+    words = plain(parse(text))
+    assert 'class="card shared-palette"' not in text and "Shared palette" not in words
+    assert 'class="labels"' not in text and "Label map" not in words
+    assert "dither" not in words.lower() and "dithered" not in words
+    assert text.count('class="swatch"') == sum(r["k"] for r in results)
+    # mixed: one image with its own palette, then the three sharing one
+    _, shared = shared_run
+    write_report(str(path), [results[0]] + shared, [], {})
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert len(_section_html(text, "shared-palette")) == 1
+    assert sorted(page.sections[0]["hexes"]) == sorted(hex_of(c) for c in results[0]["palette_rgb"])
+    assert [s["hexes"] for s in page.sections[1:]] == [[], [], []]
+    assert text.count('class="swatch"') == results[0]["k"] + 6
+    assert [s["svgs"] for s in page.sections] == [2, 0, 0, 0]
+
+
+def test_fixed_palette_file_with_an_unused_colour(tmp_path):
+    """--palette FILE: the file named (escaped, one line), no iterations, and a colour no image uses
+    shown with an empty bar. An input whose name needs percent-encoding gets a working link."""
+    from urllib.parse import unquote
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = 'coffee #1 & "cup" ü.png'
+    assert cv2.imwrite(str(folder / "chelsea.png"), photo_bgr("chelsea"))
+    assert cv2.imwrite(str(folder / "c.png"), photo_bgr("coffee"))
+    os.rename(folder / "c.png", folder / odd)
+    palette_file = tmp_path / 'palette <b>&"x".txt'
+    bgr = [(64, 112, 202), (22, 50, 147), (199, 206, 219), (81, 101, 135), (9, 11, 30), (137, 155, 184), (0, 255, 0)]
+    palette_file.write_text("".join(f"{i} {b} {g} {r}\n" for i, (b, g, r) in enumerate(bgr, 1)), encoding="utf-8")
+    status, err = run_cli("quantize", folder, "--palette", palette_file, "--labels", "--out", tmp_path / "out", "-q")
+    assert status == 0, err
+    results = [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(str(tmp_path / "out" / "*.json")))]
+    assert [r["palette"]["mode"] for r in results] == ["file", "file"]
+    green = [j for j, c in enumerate(results[0]["palette_rgb"]) if c == [0, 255, 0]]
+    assert len(green) == 1 and all(r["cluster_pixels"][green[0]] == 0 for r in results)  # no image uses it
+    path = tmp_path / "out" / "report.html"
+    write_report(str(path), results, [], {})
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    words = plain(page)
+    assert "<b>&" not in text
+    assert f"Fixed palette from <code>{html.escape(str(palette_file))}</code> (7 colours, 2 images)" in text
+    assert f"Fixed palette from {palette_file} (7 colours, 2 images)" in words
+    assert "no iterations" in words and text.count("<svg") == 0
+    assert "Init / seed" not in words  # a fixed palette is not initialised
+    for html_of in _section_html(text, "image"):
+        rows, attrs = table_rows(html_of, "shares")
+        unused = [row for row in rows[1:-1] if "not used" in row[3]]
+        assert len(unused) == 1 and unused[0][0] == "#00ff00" and unused[0][4] == "0"
+        assert 'class="unused"' in html_of
+        assert "7 colours, 1 not used" in re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", html_of)))
+    links = re.findall(r'<a class="labels" href="([^"]+)">', text)
+    assert len(links) == 2
+    for href in links:
+        assert " " not in href and "#" not in href and '"' not in href
+        assert (path.parent / unquote(href)).is_file()
+    assert html.escape(odd[:-4] + "-labels.png") in text
