@@ -409,6 +409,8 @@ def chart_geometry(points: list[tuple[int, float]], *, title: str, y_label: str,
     ticks = _y_ticks(lo, hi)
     y0, y1 = ticks[0], ticks[-1]
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    if y1 <= y0:  # values too close to tell apart at tick precision (e.g. squared errors of 1e-13)
+        y1 = y0 + (step if step > 0 else 1.0)
     n = max(x for x, _ in points)
     inset = 8  # keep the first and last markers off the axes
 

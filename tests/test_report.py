@@ -760,3 +760,14 @@ def test_fixed_palette_file_with_an_unused_colour(tmp_path):
         assert " " not in href and "#" not in href and '"' not in href
         assert (path.parent / unquote(href)).is_file()
     assert html.escape(odd[:-4] + "-labels.png") in text
+
+
+@pytest.mark.parametrize("values", [[1e-13, 2e-13], [0.0, 0.0], [3e-13, 3e-13, 1e-13], [5.0]])
+def test_charts_of_flat_or_tiny_series_render(values):
+    """Squared errors that cannot be told apart at tick precision (an image with about K colours)
+    still give a chart (found by bench/bench_dag.py on 1100 small crops: a division by zero)."""
+    from kmeans_ops.report import chart_geometry
+
+    chart = chart_geometry(list(enumerate(values, 1)), title="SSE", y_label="SSE", colour="#2563eb")
+    ys = [float(dot["y"]) for dot in chart["dots"]]
+    assert len(ys) == len(values) and all(chart["top"] <= y <= chart["bottom_y"] for y in ys)
