@@ -550,6 +550,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
 
     local = WorkArea(work)
     area = local
+    staged_from = local  # what the engine stages: the work area, or with a shared palette its unit's alone
     failures: dict[str, str] = {}
     started = time.perf_counter()
     held = 0  # bytes of decoded images kept in memory for reconstruction (up to KEEP_BYTES)
@@ -590,13 +591,15 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
             except InputError as err:  # the palette file changed since it was checked, or the union is too big
                 print(f"error: {err}", file=sys.stderr)
                 return 2
-            if union is not None and hasattr(engine, "remember"):
-                engine.remember(local, unit, union)
+            if union is not None:  # one palette for the run: the engine stages (and iterates) its unit alone
+                staged_from = palette.unit_area(local, unit)
+                if hasattr(engine, "remember"):
+                    engine.remember(staged_from, unit, union)
             del union
         runs = {}
         try:
             if ready and palette.mode(params) != "file":  # a fixed palette runs no job
-                area = engine.stage(local, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                area = engine.stage(staged_from, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             if unit is None:
                 progress = None if args.quiet else print_progress(params.max_iter)
                 for lo in range(0, len(ready), batch_size):
@@ -606,7 +609,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
                 progress = None if args.quiet else print_progress(params.max_iter, shared_by=len(ready))
                 state = run_palette(area, unit, engine, params, progress)
                 runs = {image_id: state for _, _, image_id in ready}
-                if area is not local:
+                if area is not local:  # the unit's final centroids, back beside the images
                     engine.fetch(area, unit, local.root)
         except RuntimeError as err:  # HDFS or the Hadoop job failed for good: nothing is written
             print("\n".join(engine_error_lines(args.engine, err)), file=sys.stderr)
@@ -640,7 +643,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
             except (OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching its results
                 failed(path, f"{shown(path)}: {shown(str(err))}")
     finally:
-        if area is not local:
+        if area not in (local, staged_from):  # a copy the engine made (HDFS)
             try:
                 engine.discard(area)
             except RuntimeError as err:

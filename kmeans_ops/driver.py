@@ -1,6 +1,7 @@
 """The driver: iterate MapReduce jobs until each image converges or reaches max_iter.
 
-Images that converge leave the batch, so later jobs carry only the images still moving. The
+Images that converge leave the batch, so later jobs carry only the images still moving. A run
+with one palette for all its images iterates its palette unit instead (:func:`run_palette`). The
 history of each image (per iteration: squared error, largest shift, re-seeded clusters) is in its
 ``stats-NNN.json`` files and is read back with :func:`history`.
 """
@@ -36,21 +37,39 @@ def run_iterations(area: WorkArea, image_ids: list[str], engine, params: Params,
     return state
 
 
+def run_palette(area: WorkArea, unit: str, engine, params: Params, progress=None) -> dict:
+    """Iterate a run's shared palette (the unit written by kmeans_ops.palette): one MapReduce job
+    per iteration for all the run's images, until it converges or ``params.max_iter`` is reached.
+    A fixed palette (a palette file) is not iterated: its state is palette.FIXED_STATE and no job
+    runs. Returns ``{"iterations": n, "converged": bool}``, the state of every image of the run."""
+    from .palette import FIXED_STATE, mode
+
+    if mode(params) == "file":
+        return dict(FIXED_STATE)
+    return run_iterations(area, [unit], engine, params, progress)[unit]
+
+
 def history(area: WorkArea, image_id: str, iterations: int) -> list[dict]:
     return [read_json(area.stats(image_id, i)) for i in range(1, iterations + 1)]
 
 
-def print_progress(max_iter: int, stream=sys.stderr):
-    """A progress callback printing one line per iteration (to stderr)."""
+def print_progress(max_iter: int, stream=None, shared_by: int | None = None):
+    """A progress callback printing one line per iteration to ``stream`` (default: sys.stderr as it
+    is when a line is printed). ``shared_by``: the job iterates one palette shared by that many
+    images (a run with ``palette`` "run")."""
     start = time.perf_counter()
 
     def progress(iteration, active, figures):
         shifts = [f["max_shift"] for f in figures.values()]
         done = sum(f["converged"] for f in figures.values())
+        if shared_by is None:
+            what = f"{len(active)} image(s) in the job, {done} converged"
+        else:
+            what = f"one palette for {shared_by} image(s), {'converged' if done else 'moving'}"
         print(
-            f"iteration {iteration}/{max_iter}: {len(active)} image(s) in the job, {done} converged, "
+            f"iteration {iteration}/{max_iter}: {what}, "
             f"largest shift {max(shifts):.3f}, {time.perf_counter() - start:.1f}s",
-            file=stream,
+            file=stream or sys.stderr,
             flush=True,
         )
 

@@ -34,18 +34,26 @@ def random_uniform(table: ColourTable, k: int, seed: int) -> np.ndarray:
     return rng.uniform(bgr.min(), bgr.max(), size=(k, 3))
 
 
+def centroids_file(path: str, k: int) -> np.ndarray:
+    """The (K, 3) B, G, R centroids of the clusters file ``path`` (seed format: an ``init`` file or
+    a fixed palette). InputError naming the file when it holds other than ``k`` centroids (it may
+    have changed since the parameters were checked)."""
+    centroids = read_clusters(path)
+    if len(centroids) != k:
+        raise InputError(path, f"clusters file holds {len(centroids)} centroids but k is {k}")
+    return centroids
+
+
 def initial_centroids(table: ColourTable, k: int, init: str, seed: int) -> np.ndarray:
     """(K, 3) initial centroids in B, G, R.
 
     ``init`` is "kmeans++", "random" or the path of a clusters file (seed format; its K wins, and a
     different ``k`` raises InputError). When the image has at most ``k`` distinct colours, they are
     all the centroids (the exact answer) whatever ``init`` says, unless ``init`` is a file.
+    ``table`` is an image's table, or the union of a run's tables for a shared palette.
     """
     if init not in ("kmeans++", "random"):
-        centroids = read_clusters(init)
-        if len(centroids) != k:
-            raise InputError(init, f"clusters file holds {len(centroids)} centroids but k is {k}")
-        return centroids
+        return centroids_file(init, k)
     k = effective_k(k, table)
     if k == len(table):
         return table.bgr()

@@ -15,6 +15,31 @@ from ..storage import write_json
 from ..workarea import WorkArea
 
 
+def link_folder(source: str, target: str) -> None:
+    """Make the local folder ``target`` hold the files of ``source`` (a work-area unit's folder: files,
+    no subfolders) as hard links, so no byte is copied (copies where the filesystem refuses a link),
+    replacing what ``target`` held. Built beside ``target`` and renamed into place."""
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".link-", dir=parent)
+    try:
+        for entry in os.scandir(source):
+            if entry.is_file(follow_symlinks=False):
+                try:
+                    os.link(entry.path, os.path.join(tmp, entry.name))
+                except OSError:
+                    shutil.copy2(entry.path, os.path.join(tmp, entry.name))
+        if os.path.lexists(target):
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class EmbeddedEngine:
     name = "local"
 
@@ -29,7 +54,9 @@ class EmbeddedEngine:
         return (path, st.st_mtime_ns, st.st_size)
 
     def remember(self, area: WorkArea, image_id: str, table) -> None:
-        """Cache the table just written to an image's points file (saves parsing it again)."""
+        """Cache the table just written to an image's points file, or a shared palette's union
+        (kmeans_ops.palette), which then is the only table a run's iterations read (saves parsing
+        it again)."""
         self._keep(self._key(area.points(image_id)), table)
 
     def _load(self, path: str):
@@ -52,7 +79,15 @@ class EmbeddedEngine:
         return local
 
     def fetch(self, area: WorkArea, image_id: str, local_root: str) -> WorkArea:
-        return area
+        """The work area holding the image's files for reconstruction: ``area`` itself when it is
+        the one at ``local_root`` (the usual case); otherwise (a palette unit iterated in an area of
+        its own, kmeans_ops.palette.unit_area) the image's folder is linked into ``local_root`` and
+        that area returned, as the Hadoop engine's fetch downloads it there."""
+        if os.path.realpath(area.root) == os.path.realpath(local_root):
+            return area
+        local = WorkArea(local_root)
+        link_folder(area.image_dir(image_id), local.image_dir(image_id))
+        return local
 
     def discard(self, area: WorkArea) -> None:
         import shutil
