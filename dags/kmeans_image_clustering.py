@@ -157,7 +157,9 @@ def kmeans_image_clustering():
             unit = palette.prepare(WorkArea(run["work"]), good_ids, params)
         except InputError as err:
             raise AirflowFailException(str(err)) from None
-        area = get_engine(run["engine"]).stage(WorkArea(run["work"]), run["key"])
+        local = WorkArea(run["work"])
+        # a shared palette: only its unit travels to the engine (the images' own files stay local)
+        area = get_engine(run["engine"]).stage(palette.unit_area(local, unit) if unit else local, run["key"])
         context["ti"].xcom_push(key="plan", value={
             **run, "work": area.root, "local_work": run["work"], "images": {r["image_id"]: r["stem"] for r in good},
             "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]],

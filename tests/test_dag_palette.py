@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import photo_bgr, run_cli, run_dag
+from test_hadoop import hadoop  # noqa: F401 - the dev cluster (started if down), a session fixture
 
 DAG_ID = "kmeans_image_clustering"
 
@@ -81,3 +82,25 @@ def test_palette_file_with_another_k_is_refused(airflow_db, photos, tmp_path):
     assert dag_run.state == "failed"
     assert task_states(dag_run)[("prepare", -1)] == "failed"
     assert not (tmp_path / "out").exists()
+
+
+def test_shared_palette_on_hadoop_equals_the_embedded_engine(hadoop, airflow_db, photos, tmp_path, monkeypatch):
+    """The DAG with the Hadoop engine (LocalJobRunner against the real HDFS): only the palette
+    unit goes to HDFS, one job per iteration, and the same centroids as the embedded CLI."""
+    monkeypatch.setenv("KMEANS_HADOOP_FRAMEWORK", "local")
+    conf = {"input": [str(photos)], "k": 5, "seed": 4, "palette": "run", "max_iterations": 4, "engine": "hadoop",
+            "output": str(tmp_path / "out")}
+    dag_run = run_dag(DAG_ID, conf)
+    assert dag_run.state == "success"
+    status, err = run_cli("quantize", photos, "-k", 5, "--seed", 4, "--palette", "run", "--max-iter", 4,
+                          "--out", tmp_path / "cli", "-q")
+    assert status == 0, err
+    for stem in ("coffee", "chelsea", "rocket"):
+        dag_json = json.load(open(os.path.join(conf["output"], "latest", f"{stem}.json")))
+        cli_json = json.load(open(tmp_path / "cli" / f"{stem}.json"))
+        assert dag_json["engine"] == "hadoop"
+        for key in ("centroids_rgb", "iterations", "cluster_pixels", "mse"):
+            assert dag_json[key] == cli_json[key], (stem, key)
+    states = task_states(dag_run)
+    assert all(len([k for k in states if k[0] == f"iteration_{i:02d}.mapreduce"]) == 1
+               for i in range(1, dag_json["iterations"] + 1))
