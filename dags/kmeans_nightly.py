@@ -146,7 +146,7 @@ def kmeans_nightly():
 
         from kmeans_ops import ledger as L
         from kmeans_ops.errors import shown
-        from kmeans_ops.params import INIT_METHODS, ParamError
+        from kmeans_ops.params import INIT_METHODS, PALETTE_MODES, ParamError
         from kmeans_ops.paths import AllowedRoots
 
         log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def kmeans_nightly():
             for root in roots:  # nothing is listed unless every root is allowed
                 allowed.check(f"landing root ({roots_from})", root)
             for key in ("output", "init", "palette"):  # the triggered runs check them again at prepare
-                if isinstance(defaults.get(key), str) and defaults[key] not in (*INIT_METHODS, "image", "run"):
+                if isinstance(defaults.get(key), str) and defaults[key] not in (*INIT_METHODS, *PALETTE_MODES):
                     allowed.check(f"{key} (Variable {settings.VAR_NIGHTLY_DEFAULTS})", defaults[key])
             ledger = L.Ledger.load(settings.ledger_path())
             exclude = [defaults.get("output") or settings.output_root(), settings.work_root()]

@@ -11,24 +11,12 @@ import os
 from dataclasses import asdict, dataclass
 
 from .errors import shown
-from .settings import (DEFAULT_DELTA, DEFAULT_K, DEFAULT_MAX_ITER, INIT_METHODS, MAX_DELTA, MAX_INIT_FILE_BYTES,  # noqa: F401
-                       MAX_ITER, MAX_K, MAX_SEED)
+from .settings import (DEFAULT_DELTA, DEFAULT_K, DEFAULT_MAX_ITER, DITHER_METHODS, INIT_METHODS, MAX_DELTA,  # noqa: F401
+                       MAX_DITHER_K, MAX_INIT_FILE_BYTES, MAX_ITER, MAX_K, MAX_SEED, PALETTE_MODES)
 
 
 class ParamError(ValueError):
     """A parameter is out of range; the message names it."""
-
-
-#: Values of ``palette`` that are modes; anything else is the path of a clusters file (a fixed
-#: palette). "image": each image its own K colours (the seed's behaviour); "run": one palette for
-#: all the images of the run.
-PALETTE_MODES = ("image", "run")  # TODO(settings): beside INIT_METHODS
-
-#: Values of ``dither``: "none" (each pixel its nearest centroid's colour) or "floyd-steinberg"
-#: (error diffusion with the same palette, by Pillow), which works on palettes of at most
-#: MAX_DITHER_K colours (Pillow's).
-DITHER_METHODS = ("none", "floyd-steinberg")  # TODO(settings): beside INIT_METHODS
-MAX_DITHER_K = 256  # TODO(settings): beside MAX_K
 
 
 @dataclass(frozen=True)

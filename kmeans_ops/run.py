@@ -92,7 +92,7 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     init, palette = conf["init"], conf.get("palette", "image")
     if init not in P.INIT_METHODS:
         init = roots.check("init", init)
-    if palette not in ("image", "run"):
+    if palette not in P.PALETTE_MODES:
         palette = roots.check("palette", palette)
     validated = P.validate(k=conf["k"], init=init, seed=conf["seed"], max_iter=conf["max_iterations"],
                            delta=conf["delta"], palette=palette, labels=conf.get("labels", False),

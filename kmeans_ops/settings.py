@@ -53,6 +53,13 @@ MAX_DELTA = 32.0
 DEFAULT_MAX_ITER = 30
 MAX_ITER = 1000
 INIT_METHODS = ("kmeans++", "random")
+#: ``palette``: "image" (each image its own K colours, the seed's behaviour) or "run" (one palette
+#: for all the images of the run); anything else is the path of a fixed palette (a clusters file).
+PALETTE_MODES = ("image", "run")
+#: ``dither``: none, or Floyd-Steinberg error diffusion (Pillow's, in C), which needs at most
+#: MAX_DITHER_K colours (Pillow's palette size).
+DITHER_METHODS = ("none", "floyd-steinberg")
+MAX_DITHER_K = 256
 DEFAULT_SEED = 0
 MAX_SEED = 2**32 - 1
 #: Largest clusters file read as ``init`` (a K of 4096 takes about 300 kB).
