@@ -26,8 +26,12 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_dither.py
+	$(PY) bench/bench_dag.py
+	$(PY) bench/bench_scheduler.py
 	bin/hadoop-dev up
 	$(PY) bench/bench_hadoop.py
+	$(PY) bench/bench_palette.py
 
 clean:
 	rm -rf demo-output .pytest_cache
