@@ -143,7 +143,7 @@ def kmeans_image_clustering():
         from kmeans_ops.engines import get_engine
         from kmeans_ops.errors import InputError
         from kmeans_ops.params import Params
-        from kmeans_ops.run import batches
+        from kmeans_ops.run import job_batches
         from kmeans_ops.workarea import WorkArea
 
         ingested = [r for batch in ingested for r in batch]
@@ -167,7 +167,7 @@ def kmeans_image_clustering():
         if palette.mode(params) == "file":  # a fixed palette: no iteration at all
             raise DownstreamTasksSkipped(tasks=[f"iteration_{i:02d}.{name}" for i in range(1, ITERATION_BOUND + 1)
                                                 for name in STEPS])
-        return batches([unit] if unit else good_ids, run["batch_size"])
+        return job_batches([unit] if unit else good_ids, run["batch_size"])
 
     images = prepare()
     step = upload(images["plan"], ingest.partial(run=images["plan"]).expand(batch=images))

@@ -69,6 +69,15 @@ def batches(image_ids: list[str], size: int) -> list[list[str]]:
     return [image_ids[i : i + size] for i in range(0, len(image_ids), size)]
 
 
+def job_batches(image_ids: list[str], size: int) -> list[list[str]]:
+    """The DAG's jobs of one iteration: :func:`batches` of ``size`` (the ``batch_size`` param), with
+    bigger batches when needed so that an iteration never maps more than
+    settings.MAX_JOBS_PER_ITERATION jobs (Airflow's stock ``max_map_length`` is 1024)."""
+    from .settings import MAX_JOBS_PER_ITERATION
+
+    return batches(image_ids, max(size, -(-len(image_ids) // MAX_JOBS_PER_ITERATION)))
+
+
 def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """Check a DAG run's params once and plan the run: its images, work area and output folder.
 

@@ -78,6 +78,8 @@ KEEP_BYTES = 512 << 20
 #: DAG: ingest and reconstruction run as at most this many mapped tasks per run, each on a batch of
 #: at least MIN_IMAGES_PER_TASK images (a task costs seconds of scheduling: batch the cheap work).
 MAX_STAGE_TASKS = 8
+#: DAG: MapReduce jobs (mapped tasks) per iteration at most; batch_size is raised to stay below.
+MAX_JOBS_PER_ITERATION = 256
 MIN_IMAGES_PER_TASK = 3
 #: Nightly: files per triggered run (a bigger folder gives several runs) and runs per night.
 MAX_FILES_PER_RUN = 500

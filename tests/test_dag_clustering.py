@@ -31,7 +31,7 @@ def test_dag_file_imports_without_heavy_modules(path, airflow_db):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_task_graph():
+def test_task_graph(airflow_db):
     dag = load_dag(DAG_ID)
 
     ids = set(dag.task_ids)
@@ -56,7 +56,22 @@ def test_task_graph():
     assert dag.schedule is None and dag.catchup is False and dag.doc_md and dag.tags
 
 
-def test_params_render_a_form_with_limits():
+def test_no_folder_size_maps_more_than_a_few_hundred_tasks():
+    """Ingest and reconstruct: at most 8 batch tasks; an iteration: at most 256 jobs, whatever the
+    batch_size (Airflow's stock max_map_length is 1024)."""
+    from kmeans_ops.run import job_batches, task_batches
+
+    ids = [f"img-{i}" for i in range(5000)]
+    for size in (1, 64, 10000):
+        jobs = job_batches(ids, size)
+        assert len(jobs) <= 256 and sum(jobs, []) == ids
+    assert len(job_batches(ids[:10], 1)) == 10  # small runs keep the batch size asked for
+    groups = task_batches(ids)
+    assert len(groups) == 8 and sum(groups, []) == ids
+    assert len(task_batches(ids[:5])) == 1 and len(task_batches(ids[:7])) == 2
+
+
+def test_params_render_a_form_with_limits(airflow_db):
     dag = load_dag(DAG_ID)
     schema = {name: param.schema for name, param in dag.params.items()}
     assert schema["k"]["minimum"] == 1 and schema["delta"]["maximum"] == 32

@@ -81,7 +81,7 @@ class ConvergenceOperator(BaseOperator):
     def execute(self, context):
         from airflow.providers.common.compat.sdk import DownstreamTasksSkipped
 
-        from kmeans_ops.run import batches
+        from kmeans_ops.run import job_batches
 
         ti = context["ti"]
         plan = ti.xcom_pull(task_ids=self.plan_from, key="plan")
@@ -94,7 +94,7 @@ class ConvergenceOperator(BaseOperator):
         if going_on:
             self.log.info("iteration %d: %d of %d image(s) still moving: next iteration", self.iteration,
                           len(moving), total)
-            return batches(moving, int(plan["batch_size"]))
+            return job_batches(moving, int(plan["batch_size"]))
         run_total = len(plan["images"])  # images converged in earlier iterations left the batches
         if moving:
             summary = (f"Stopped at iteration {self.iteration} (max_iterations): {run_total - len(moving)} of "
