@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .colours import ColourTable, bgr_to_codes, codes_to_bgr
+from .colours import ColourTable, bgr_to_codes
 from .errors import InputError
 from .storage import write_bytes
 

@@ -90,7 +90,7 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """
     from . import params as P
     from . import settings
-    from .paths import AllowedRoots, resolve
+    from .paths import AllowedRoots
     from .publish import check_publishable, final_dir, staging_dir
 
     roots = AllowedRoots.from_settings()

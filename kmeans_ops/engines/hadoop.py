@@ -29,7 +29,6 @@ import posixpath
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 
