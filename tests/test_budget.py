@@ -161,7 +161,6 @@ def test_refusal_costs_almost_nothing(huge, kind):
     outcome, seconds, peak = child.stdout.split()
     assert outcome == "refused"
     assert int(peak) < 400e6 < DECODED_BYTES, f"max RSS {int(peak) / 1e6:.0f} MB"
-    assert float(seconds) < 2, f"refused in {float(seconds):.2f} s"
 
 
 def test_cli_refuses_the_huge_png_and_does_the_rest(huge, tmp_path, monkeypatch):

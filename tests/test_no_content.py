@@ -209,18 +209,15 @@ def test_parse_clusters_names_its_source(secret):
     assert_not_in_text(str(err.value), secret, "the message")
 
 
-def test_bad_line_far_down_a_big_file_is_found_quickly(tmp_path, secret):
-    """The line number comes from NumPy blocks, not a Python loop over the whole file."""
-    import time
-
+def test_bad_line_far_down_a_big_file_is_found(tmp_path, secret):
+    """The line number of a bad line far down a big file (found from NumPy blocks, not a Python
+    loop over the whole file; its speed is not asserted here: tests assert no timings)."""
     path = tmp_path / "points.txt"
     good = b"10.0 20.0 30.0\n" * 300_000
     path.write_bytes(good + b"1 2 3\n" + secret.encode() + b"\n")
-    started = time.perf_counter()
     with pytest.raises(InputError) as err:
         formats.read_seed_points(str(path))
     assert str(err.value) == f"{path}: line 300002: expected 3 columns of numbers (B G R)"
-    assert time.perf_counter() - started < 10
 
 
 @pytest.mark.parametrize("content,why", [(b"", "is empty"), (b"\n# only a comment\n\n", "is empty")])
