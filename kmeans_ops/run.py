@@ -56,11 +56,29 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return expand(inputs)
 
 
-def plan_images(paths: list[str]) -> list[dict]:
-    """[{"path", "stem", "image_id"}] for the given image paths, in order."""
+def names_claimed(labels: bool):
+    """``taken(stem, path)`` for :func:`output_stems`: whether a name of ``stem``'s outputs is one
+    another stem of the same run already uses. With ``labels`` every stem also writes
+    ``<stem>-labels.png``, so input ``a-labels.png``'s image and input ``a.png``'s label map would
+    be the same file: the later one moves on to the next name."""
+    claimed: set[str] = set()
+
+    def taken(stem: str, path: str) -> bool:
+        names = {stem.lower(), f"{stem}-labels".lower()} if labels else {stem.lower()}
+        if names & claimed:
+            return True
+        claimed.update(names)
+        return False
+
+    return taken
+
+
+def plan_images(paths: list[str], labels: bool = False) -> list[dict]:
+    """[{"path", "stem", "image_id"}] for the given image paths, in order; no two images' outputs
+    share a name (``labels``: label maps count, see names_claimed)."""
     return [
         {"path": path, "stem": stem, "image_id": image_id_of(stem)}
-        for path, stem in zip(paths, output_stems(paths))
+        for path, stem in zip(paths, output_stems(paths, taken=names_claimed(labels)))
     ]
 
 
@@ -109,7 +127,7 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError(", ".join(inputs), "no images found")
-    images = plan_images(paths)
+    images = plan_images(paths, labels=validated.labels)
     key = run_key(run_id)
     ours = [final_dir(output, key), staging_dir(output, key)]
     for image in images:

@@ -104,3 +104,15 @@ def test_shared_palette_on_hadoop_equals_the_embedded_engine(hadoop, airflow_db,
     states = task_states(dag_run)
     assert all(len([k for k in states if k[0] == f"iteration_{i:02d}.mapreduce"]) == 1
                for i in range(1, dag_json["iterations"] + 1))
+
+
+def test_label_maps_never_share_a_name_with_an_image():
+    """Inputs a.png and a-labels.png with label maps: a's label map would be a-labels.png, the
+    other image's output; the later one takes the next free name (as the CLI does)."""
+    from kmeans_ops.run import plan_images
+
+    for paths in (["/in/a.png", "/in/a-labels.png"], ["/in/a-labels.png", "/in/a.png"]):
+        stems = [image["stem"] for image in plan_images(paths, labels=True)]
+        names = [name for stem in stems for name in (stem, f"{stem}-labels")]
+        assert len(set(names)) == len(names), stems
+    assert [i["stem"] for i in plan_images(["/in/a.png", "/in/a-labels.png"])] == ["a", "a-labels"]

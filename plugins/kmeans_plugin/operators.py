@@ -39,7 +39,13 @@ class KMeansIterationOperator(BaseOperator):
         area = WorkArea(self.plan["work"])
         self.log.info("iteration %d: one %s job for %d image(s): %s", self.iteration, engine.name,
                       len(self.batch), ", ".join(self.batch))
-        figures = engine.iterate(area, list(self.batch), self.iteration, float(self.plan["params"]["delta"]))
+        try:
+            figures = engine.iterate(area, list(self.batch), self.iteration, float(self.plan["params"]["delta"]))
+        except RuntimeError as err:  # HDFS or the Hadoop job failed: one line, the task log tail below it
+            lines = str(err).splitlines() or [type(err).__name__]
+            for line in lines[1:]:
+                self.log.error("  | %s", line)
+            raise type(err)(lines[0]) from None
         job = getattr(engine, "last_job", None) or {}
         context["ti"].xcom_push(key=YARN_KEY, value=job.get("tracking_url", ""))
         for image_id, f in figures.items():
