@@ -28,8 +28,12 @@ images, each labelled with its images: colour table, points and initial clusters
 moving, then `converge` goes on to the next iteration or exits, skipping every later one ->
 `finals` -> `reconstruct` (mapped over batches) -> `publish` (**Report** link) -> `cleanup`.
 
-Up to {ITERATION_BOUND} iterations (parse-time bound); `max_iterations` stops earlier. A bad image
-is reported and the others go on; a run where every image fails is marked failed.
+Up to {ITERATION_BOUND} iterations (parse-time bound); `max_iterations` stops earlier; the run's
+note says which iteration exited. A bad image is reported and the others go on; a run where every
+image fails is marked failed. `palette` "run" clusters all the images together (one palette, one
+job per iteration); a palette file applies fixed colours; `labels` writes label maps; `dither`
+diffuses the error. Every path param must lie under the allowed roots (Variable
+`kmeans_allowed_roots`), or `prepare` fails and nothing is read or written.
 """
 
 
