@@ -239,6 +239,11 @@ def resolve(path: str) -> str:
     return filesystem(path).resolve(path)
 
 
+def _is_file(fs, path: str) -> bool:
+    st = fs.stat(path)
+    return st is not None and not st.is_dir
+
+
 def expand(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
     """Files, folders and glob patterns (local or ``hdfs://``) -> the image paths they name.
 
@@ -248,25 +253,22 @@ def expand(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) ->
     symlink) is listed once, in input order.
     """
     found: list[str] = []
-    for item in inputs:
-        fs = filesystem(item)
-        if is_glob(item) and fs.stat(item) is None:
-            matches = [m for m in fs.glob(item) if not (fs.stat(m) or Stat(0, 0, True)).is_dir]
+    for given in inputs:
+        fs = filesystem(given)
+        item = os.path.expanduser(given) if fs is _LOCAL else given
+        st = fs.stat(item)
+        if st is None and is_glob(item):
+            matches = [m for m in fs.glob(item) if _is_file(fs, m)]
             if not matches:
-                raise InputError(item, "the pattern matches no file")
+                raise InputError(given, "the pattern matches no file")
             found += matches
-            continue
-        st = fs.stat(os.path.expanduser(item) if fs is _LOCAL else item)
-        if st is None:
-            raise InputError(item, "no such file or folder")
-        item = os.path.expanduser(item) if fs is _LOCAL else item
-        if not st.is_dir:
+        elif st is None:
+            raise InputError(given, "no such file or folder")
+        elif not st.is_dir:
             found.append(item)
-            continue
-        for name in fs.list(item):
-            path = fs.join(item, name)
-            if name.lower().endswith(extensions) and not (fs.stat(path) or Stat(0, 0, True)).is_dir:
-                found.append(path)
+        else:
+            found += [fs.join(item, name) for name in fs.list(item)
+                      if name.lower().endswith(extensions) and _is_file(fs, fs.join(item, name))]
     seen: set[str] = set()
     unique = []
     for path in found:
