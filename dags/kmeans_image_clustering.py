@@ -42,6 +42,9 @@ diffuses the error. Every path param must lie under the allowed roots (Variable
     schedule=None,
     catchup=False,
     max_active_runs=4,
+    # Bounds (settings: KMEANS_RUN_TIMEOUT, KMEANS_TASK_TIMEOUT): no run holds worker slots for ever.
+    dagrun_timeout=timedelta(seconds=settings.run_timeout()),
+    default_args={"execution_timeout": timedelta(seconds=settings.task_timeout())},
     tags=["kmeans", "images", "mapreduce"],
     doc_md=DOC,
     params={
@@ -89,6 +92,10 @@ diffuses the error. Every path param must lie under the allowed roots (Variable
         "output": Param(DEFAULT_OUTPUT, type="string", minLength=1, title="Output folder",
                         description="Each run publishes into <output>/<run key>/; must lie under the "
                                     "allowed roots (Airflow Variable kmeans_allowed_roots)."),
+        "replace_published": Param(False, type="boolean", title="Replace another run's results",
+                                   description="Allow this run to replace an output folder published by another "
+                                               "run (its summary.json names another run id). Off: such a folder "
+                                               "is never replaced and the run fails at prepare."),
         "batch_size": Param(settings.DEFAULT_BATCH_SIZE, type="integer", minimum=1, maximum=settings.MAX_BATCH_SIZE,
                             title="Images per job",
                             description=f"Images carried by one MapReduce job: 1 to {settings.MAX_BATCH_SIZE}."),
@@ -103,7 +110,7 @@ def kmeans_image_clustering():
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from kmeans_ops.errors import InputError
+        from kmeans_ops.errors import InputError, shown
         from kmeans_ops.params import ParamError
         from kmeans_ops.run import plan, task_batches
         from kmeans_ops.settings import SettingError
@@ -112,6 +119,8 @@ def kmeans_image_clustering():
             run = plan(dict(context["params"]), context["run_id"], context["dag"].dag_id)
         except (ParamError, InputError, SettingError) as err:
             raise AirflowFailException(str(err)) from None
+        except (OSError, ValueError) as err:  # a path the OS refuses: one line, never a traceback of ours
+            raise AirflowFailException(f"a path param cannot be used: {shown(str(err))}") from None
         images = run.pop("images")
         context["ti"].xcom_push(key="plan", value={**run, "timeline": [["prepare", time.time()]]})
         return task_batches(images)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from contextlib import contextmanager
+from datetime import timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, TriggerRule, dag, task
@@ -117,6 +118,9 @@ def _trigger_kwargs(plan: dict) -> dict:
     schedule="@daily",
     catchup=False,
     max_active_runs=1,  # one writer of the ledger at a time
+    # Bounds (settings: KMEANS_RUN_TIMEOUT, KMEANS_TASK_TIMEOUT), as for the runs it triggers.
+    dagrun_timeout=timedelta(seconds=settings.run_timeout()),
+    default_args={"execution_timeout": timedelta(seconds=settings.task_timeout())},
     tags=["kmeans", "images", "nightly"],
     doc_md=DOC,
     params={
@@ -147,7 +151,7 @@ def kmeans_nightly():
         from kmeans_ops import ledger as L
         from kmeans_ops.errors import shown
         from kmeans_ops.params import INIT_METHODS, PALETTE_MODES, ParamError
-        from kmeans_ops.paths import AllowedRoots
+        from kmeans_ops.paths import AllowedRoots, check_scheme
 
         log = logging.getLogger(__name__)
         params = context["params"]
@@ -173,6 +177,7 @@ def kmeans_nightly():
                 allowed.check(f"landing root ({roots_from})", root)
             for key in ("output", "init", "palette"):  # the triggered runs check them again at prepare
                 if isinstance(defaults.get(key), str) and defaults[key] not in (*INIT_METHODS, *PALETTE_MODES):
+                    check_scheme(f"{key} (Variable {settings.VAR_NIGHTLY_DEFAULTS})", defaults[key], supported=(None,))
                     allowed.check(f"{key} (Variable {settings.VAR_NIGHTLY_DEFAULTS})", defaults[key])
             ledger = L.Ledger.load(settings.ledger_path())
             exclude = [defaults.get("output") or settings.output_root(), settings.work_root()]

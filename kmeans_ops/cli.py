@@ -496,12 +496,13 @@ def quantize(args) -> int:
     from .run import expand_inputs
 
     try:
+        check_schemes(args)
         params = P.validate(k=args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta,
                             palette=args.palette, labels=args.labels, dither=args.dither)
         batch_size = P.integer("batch_size", args.batch_size, 1, MAX_BATCH_SIZE)
         paths = expand_inputs(args.inputs)
-        stems = plan_outputs(paths, args.out, labels=params.labels) if paths else []
-        _check_writable(args.out)
+        if paths:
+            _check_writable(args.out)
     except (P.ParamError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -511,7 +512,58 @@ def quantize(args) -> int:
     if not paths:
         print(f"error: no images found in {', '.join(shown(i) for i in args.inputs)}", file=sys.stderr)
         return 2
+    with output_lock(args.out, say):  # another run into this folder finishes first: no name is lost
+        try:
+            stems = plan_outputs(paths, args.out, labels=params.labels)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return _quantize(args, params, batch_size, paths, stems, say)
 
+
+def check_schemes(args) -> None:
+    """ParamError naming the option when a path names a filesystem the CLI does not use: inputs may
+    be local or ``hdfs://``; ``--out``, ``--work``, ``--init`` and ``--palette`` files are local
+    (a local folder literally named ``hdfs:`` is never what ``hdfs://...`` meant)."""
+    from .paths import check_scheme
+
+    for item in args.inputs:
+        check_scheme("INPUT", item)
+    check_scheme("--out", args.out, supported=(None,))
+    if args.work:
+        check_scheme("--work", args.work, supported=(None,))
+    if args.init not in P.INIT_METHODS:
+        check_scheme("--init", args.init, supported=(None,))
+    if args.palette not in P.PALETTE_MODES:
+        check_scheme("--palette", args.palette, supported=(None,))
+
+
+@contextmanager
+def output_lock(folder: str, say):
+    """An exclusive lock on the output folder (``flock`` on the folder itself: no file is left in
+    it), held while a run chooses its output names and writes them, so two runs into one folder
+    never write the same name: the second waits, then sees the first's outputs."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # cannot be opened (it was checked writable): run unlocked rather than not at all
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another run writing into {shown(os.path.abspath(folder))}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def _quantize(args, params, batch_size: int, paths: list[str], stems: list[str], say) -> int:
     from .engines import get_engine
 
     try:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from . import settings
-from .errors import InputError
+from .errors import InputError, native_stderr_captured, quiet_opencv
 from .paths import IMAGE_EXTENSIONS, is_hdfs  # noqa: F401 - IMAGE_EXTENSIONS: kept for importers
 
 
@@ -51,6 +51,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _GIF_MAGICS = (b"GIF87a", b"GIF89a")
 #: Held while Pillow's process-wide size limit is changed (see _pillow_limit).
 _pillow_lock = threading.Lock()
+quiet_opencv()
 #: Frames counted at most (a bigger count is reported as this many): Pillow counts a TIFF's pages in
 #: quadratic time (20 000 one-pixel pages, a 2.9 MB file: 5 s).
 MAX_COUNTED_FRAMES = 1000
@@ -171,11 +172,15 @@ def read_image(path: str | os.PathLike) -> Image:
     - Anything else (float or signed images, undecodable or truncated files) raises InputError.
     """
     path = os.fspath(path)
+    budget_bytes = settings.max_image_bytes()
     try:
         with open(path, "rb") as file:
-            raw = file.read()
+            raw = file.read(budget_bytes + 1)  # never more than the budget, even if the file grew
     except OSError as err:
         raise InputError(path, f"cannot read file ({err.strerror or type(err).__name__})") from None
+    if len(raw) > budget_bytes:
+        raise InputError(path, f"larger than the budget of {budget_bytes} bytes for an image "
+                               f"(environment variable KMEANS_MAX_IMAGE_BYTES)")
     if not raw:
         raise InputError(path, "empty file (0 bytes)")
     budget = settings.max_pixels()
@@ -186,7 +191,8 @@ def read_image(path: str | os.PathLike) -> Image:
     # JPEG has no alpha: IMREAD_COLOR applies the EXIF orientation. Others: keep every channel and depth.
     flags = cv2.IMREAD_COLOR if is_jpeg else cv2.IMREAD_UNCHANGED
     try:
-        pixels = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
+        with native_stderr_captured():  # libpng prints its own "libpng error: ..." lines
+            pixels = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
     except cv2.error as err:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
             raise InputError(path, "image too large: over OpenCV's limit of 2^30 pixels "
@@ -258,6 +264,7 @@ def ingest(path: str, image_id: str, area, params, keep: bool = False):
     st = fs.stat(path)
     if st is None or st.is_dir:
         raise InputError(path, "no such file")
+    check_bytes(path, st.size)  # before a byte is read (or downloaded)
     with fs.local(path) as local_path:  # an hdfs:// image is decoded from a temporary local copy
         try:
             return _ingest_local(path, local_path, st, image_id, area, params, keep)
@@ -267,10 +274,21 @@ def ingest(path: str, image_id: str, area, params, keep: bool = False):
             raise
 
 
+def check_bytes(path: str, size: int) -> None:
+    """InputError unless a file of ``size`` bytes fits the byte budget of its kind: a seed points
+    file (``.txt``: settings.max_text_bytes) or an image (settings.max_image_bytes)."""
+    text = path.lower().endswith(".txt")
+    budget, name = ((settings.max_text_bytes(), "KMEANS_MAX_TEXT_BYTES") if text
+                    else (settings.max_image_bytes(), "KMEANS_MAX_IMAGE_BYTES"))
+    if size > budget:
+        raise InputError(path, f"larger than the budget of {budget} bytes for {'a points file' if text else 'an image'} "
+                               f"(environment variable {name}); not read")
+
+
 def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, keep: bool):
     from .colours import colour_table
     from .formats import read_seed_points, write_clusters, write_points
-    from .initialise import initial_centroids
+    from .initialise import check_cost, initial_centroids
     from .palette import mode as palette_mode
     from .storage import write_json
 
@@ -295,6 +313,8 @@ def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, k
             more = " or more" if image.frames >= MAX_COUNTED_FRAMES else ""
             meta["warnings"] = [f"first frame of {image.frames}{more} used"]
     own = params.palette == "image"  # a shared palette: no centroids of its own (kmeans_ops.palette)
+    if own and params.init in ("kmeans++", "random"):
+        check_cost(table, params.k, path)  # before k-means++ and any iteration; nothing written yet
     centroids = initial_centroids(table, params.k, params.init, params.seed) if own else None
     meta.update(
         pixels=table.n_pixels,

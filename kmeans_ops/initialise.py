@@ -60,3 +60,15 @@ def initial_centroids(table: ColourTable, k: int, init: str, seed: int) -> np.nd
     if init == "kmeans++":
         return kmeans_plusplus(table, k, seed)
     return random_uniform(table, k, seed)
+
+
+def check_cost(table: ColourTable, k: int, source: str) -> None:
+    """InputError naming ``source`` when K x distinct colours exceeds the cap (settings.max_k_colours,
+    KMEANS_MAX_K_COLOURS): k-means++ and every iteration cost about that many distance computations.
+    Checked once the colour table is built, before any centroid is drawn."""
+    from . import settings
+
+    cap, k = settings.max_k_colours(), effective_k(k, table)
+    if k * len(table) > cap:
+        raise InputError(source, f"k={k} x {len(table)} distinct colours = {k * len(table):.3g} exceeds the cap of "
+                                 f"{cap:.3g} (environment variable KMEANS_MAX_K_COLOURS); lower k or raise the cap")

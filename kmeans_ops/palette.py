@@ -119,7 +119,7 @@ def merge_run(area: WorkArea, image_ids: list[str], params, tables: dict | None 
     (``engine.remember(staged, unit, table)``, with ``staged`` the area the engine will iterate). InputError when a colour has more pixels in all than a points line holds.
     """
     from .formats import MAX_COUNT, write_clusters, write_points
-    from .initialise import initial_centroids
+    from .initialise import check_cost, initial_centroids
     from .storage import write_json
 
     if not image_ids:
@@ -128,6 +128,8 @@ def merge_run(area: WorkArea, image_ids: list[str], params, tables: dict | None 
     if int(table.counts.max()) > MAX_COUNT:
         raise InputError(area.points(RUN_UNIT), f"a colour covers more than {MAX_COUNT} pixels of the run's "
                                                 f"images, more than a points line holds: split the run")
+    if params.init in ("kmeans++", "random"):
+        check_cost(table, params.k, "palette=run (the union of the run's images)")
     centroids = initial_centroids(table, params.k, params.init, params.seed)
     meta = {
         "image_id": RUN_UNIT,

@@ -51,7 +51,7 @@ def integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
 
 
 def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, delta=DEFAULT_DELTA,
-             palette="image", labels=False, dither="none") -> Params:
+             palette="image", labels=False, dither="none", given: dict | None = None) -> Params:
     """Check every run parameter and return them as a :class:`Params`.
 
     - ``k``: integer >= 1 (an image with fewer distinct colours than ``k`` is clustered with as many
@@ -70,7 +70,11 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
     - ``labels``: true or false (also write each image's label map).
     - ``dither``: "none" or "floyd-steinberg"; dithering needs k <= 256 (a larger k is refused,
       naming ``dither`` and ``k``).
+    - ``given``: how the user wrote each file path (resolved path -> as given): messages name the
+      path as given, never what it resolved to. A file that does not exist and one that cannot be
+      read get the same message.
     """
+    given = given or {}
     if k is not None:
         k = integer("k", k, 1, MAX_K)
     max_iter = integer("max_iter", max_iter, 1, MAX_ITER)
@@ -84,18 +88,18 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
             f"delta must be between 0 and {MAX_DELTA:g} colour units (largest centroid shift allowed "
             f"at convergence), got {delta!r}: a larger tolerance would stop before clustering"
         )
-    if not isinstance(init, str) or not init or (init not in INIT_METHODS and not os.path.isfile(init)):
-        shown_init = shown(init) if isinstance(init, str) and init else repr(init)
-        raise ParamError(f"init must be 'kmeans++', 'random' or an existing clusters file, got {shown_init}")
-    if not isinstance(palette, str) or not palette or (palette not in PALETTE_MODES and not os.path.isfile(palette)):
-        shown_palette = shown(palette) if isinstance(palette, str) and palette else repr(palette)
-        raise ParamError(f"palette must be 'image', 'run' or an existing clusters file, got {shown_palette}")
+    if not isinstance(init, str) or not init or (init not in INIT_METHODS and not _readable_file(init)):
+        shown_init = shown(given.get(init, init)) if isinstance(init, str) and init else repr(init)
+        raise ParamError(f"init must be 'kmeans++', 'random' or a readable clusters file, got {shown_init}")
+    if not isinstance(palette, str) or not palette or (palette not in PALETTE_MODES and not _readable_file(palette)):
+        shown_palette = shown(given.get(palette, palette)) if isinstance(palette, str) and palette else repr(palette)
+        raise ParamError(f"palette must be 'image', 'run' or a readable clusters file, got {shown_palette}")
     k_from = None  # the file k was read from when it was not given
     if palette not in PALETTE_MODES:
         k_from = None if k is not None else "palette"
-        k = _k_of_clusters_file(palette, k, "palette")
+        k = _k_of_clusters_file(palette, k, "palette", shown_as=given.get(palette))
     if init not in INIT_METHODS:
-        k = _k_of_clusters_file(init, k, "init", k_from)
+        k = _k_of_clusters_file(init, k, "init", k_from, shown_as=given.get(init))
     k = DEFAULT_K if k is None else k
     labels, dither = _output_options(labels, dither, k)
     return Params(k=k, init=init, seed=seed, max_iter=max_iter, delta=delta,
@@ -116,7 +120,18 @@ def _output_options(labels, dither, k: int) -> tuple[bool, str]:
     return labels, dither
 
 
-def _k_of_clusters_file(path: str, k: int | None, name: str = "init", k_from: str | None = None) -> int:
+def _readable_file(path: str) -> bool:
+    """Whether ``path`` is a regular file this process can open for reading (no content is read)."""
+    try:
+        with open(path, "rb"):
+            pass
+        return os.path.isfile(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _k_of_clusters_file(path: str, k: int | None, name: str = "init", k_from: str | None = None,
+                        shown_as: str | None = None) -> int:
     """The number of centroids in the clusters file ``path``, which must equal ``k`` when given.
 
     Every problem is a ParamError naming the parameter ``name`` (``init`` or ``palette``): an
@@ -125,25 +140,27 @@ def _k_of_clusters_file(path: str, k: int | None, name: str = "init", k_from: st
     parameter ``k`` came from is named too: ``k``, or ``k_from`` when it was read from another file).
     """
     from .errors import InputError
-    from .formats import read_clusters
+    from .formats import parse_clusters
 
+    label = shown(shown_as or path)
     try:
-        size = os.path.getsize(path)
-    except OSError as err:
-        raise ParamError(f"{name}: cannot read the clusters file {shown(path)} ({err.strerror or type(err).__name__})") from None
-    if size > MAX_INIT_FILE_BYTES:
-        raise ParamError(f"{name}: {shown(path)} is {size} bytes, too large for a clusters file "
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_INIT_FILE_BYTES + 1)
+    except (OSError, ValueError):
+        raise ParamError(f"{name}: cannot read the clusters file {label}") from None
+    if len(data) > MAX_INIT_FILE_BYTES:
+        raise ParamError(f"{name}: {label} is too large for a clusters file "
                          f"(at most {MAX_INIT_FILE_BYTES} bytes: K <= {MAX_K} lines 'label B G R')")
     try:
-        found = len(read_clusters(path))
+        found = len(parse_clusters(data, shown_as or path))
     except InputError as err:
         raise ParamError(f"{name}: not a usable clusters file: {err}") from None
     if found > MAX_K:
-        raise ParamError(f"{name}: clusters file {shown(path)} holds {found} centroids; k is at most {MAX_K}")
+        raise ParamError(f"{name}: clusters file {label} holds {found} centroids; k is at most {MAX_K}")
     if k is not None and k != found:
         if k_from:
-            raise ParamError(f"{name} and {k_from} disagree: clusters file {shown(path)} holds {found} centroids "
+            raise ParamError(f"{name} and {k_from} disagree: clusters file {label} holds {found} centroids "
                              f"but the {k_from} file holds {k}")
-        raise ParamError(f"{name} and k disagree: clusters file {shown(path)} holds {found} centroids but k is {k}; "
+        raise ParamError(f"{name} and k disagree: clusters file {label} holds {found} centroids but k is {k}; "
                          f"set k to {found}")
     return found

@@ -19,11 +19,11 @@ DAG param may name it.
 from __future__ import annotations
 
 import fnmatch
-import glob
 import hashlib
 import logging
 import os
 import posixpath
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 #: File name endings read as images (OpenCV decodes them); anything else in a folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif")
 GLOB_CHARS = "*?["
-CHUNK = 1 << 20  # bytes read at a time when hashing
+CHUNK = 1 << 20
+#: Linux's PATH_MAX and NAME_MAX (bytes): a longer path param is refused before it reaches the OS.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255  # bytes read at a time when hashing
 
 
 class PathNotAllowed(ParamError):
@@ -109,9 +112,6 @@ class LocalFS:
     def list(self, folder: str) -> list[str]:
         return sorted(os.listdir(folder))
 
-    def glob(self, pattern: str) -> list[str]:
-        return sorted(glob.glob(os.path.expanduser(pattern)))
-
     def walk(self, top: str):
         """``os.walk`` (no symlinked folders followed); prune by editing ``dirs`` in place."""
 
@@ -182,14 +182,6 @@ class HdfsFS:
     def list(self, folder: str) -> list[str]:
         return sorted(self.hdfs.list(self.path(folder)))
 
-    def glob(self, pattern: str) -> list[str]:
-        folder, name = posixpath.split(pattern)
-        if is_glob(folder):
-            raise InputError(pattern, "HDFS patterns may hold wildcards in the file name only")
-        if self.stat(folder) is None:
-            return []
-        return [self.join(folder, n) for n in self.list(folder) if fnmatch.fnmatch(n, name)]
-
     def walk(self, top: str):
         prefix, path = self.split(self.resolve(top))
         walked = self.hdfs.call("walk", path, lambda: self.hdfs.client.walk(path, allow_dir_changes=True))
@@ -244,31 +236,187 @@ def _is_file(fs, path: str) -> bool:
     return st is not None and not st.is_dir
 
 
-def expand(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+#: ``scheme:/`` at the start of a path: a URI (``hdfs://``, ``s3://``, ``file:///``), not a local name.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
+
+
+def scheme(path: str) -> str | None:
+    """The filesystem a path names by its URI scheme (lower case: ``hdfs``, ``s3``, ``file``, ...),
+    or None for a plain local path."""
+    found = _SCHEME.match(path)
+    return found.group(1).lower() if found else None
+
+
+def check_scheme(param: str, path: str, supported: tuple[str | None, ...] = (None, "hdfs")) -> None:
+    """ParamError naming ``param`` unless ``path`` is on a filesystem of ``supported`` (None: local).
+
+    A path whose scheme the code does not read or write is refused, never reinterpreted (a local
+    folder literally named ``hdfs:`` is not what a user meant by ``hdfs://...``)."""
+    found = scheme(path)
+    if found in supported and (found != "hdfs" or is_hdfs(path)):
+        return
+    what = "a local path" if supported == (None,) else "a local path or an hdfs:// URL"
+    if found is None:
+        raise ParamError(f"{param}: {shown(path)} is not supported here; give {what}")
+    raise ParamError(f"{param}: {shown(path)} names the filesystem '{shown(found)}', which is not supported "
+                     f"for {param}; give {what}")
+
+
+def _safe(param: str, path: str, action):
+    """``action()``, with the errors a hostile or broken path raises (a NUL byte, a name or path too
+    long, a symlink loop, permission denied) turned into one ParamError naming ``param``."""
+    try:
+        return action()
+    except ValueError:  # "embedded null byte"
+        raise ParamError(f"{param}: {shown(path)} is not a usable path (it holds a NUL character)") from None
+    except OSError as err:
+        raise ParamError(f"{param}: {shown(path)} is not a usable path ({err.strerror or type(err).__name__})") from None
+
+
+def _split_pattern(pattern: str, sep: str) -> tuple[str, list[str]]:
+    """A pattern's literal folder (the components before the first one holding a wildcard) and its
+    remaining components. ``..`` or ``.`` after a wildcard is refused: resolved before expansion, it
+    would cancel the wildcard's folder (``<root>/*/../../etc`` is ``<root>/../etc``)."""
+    parts = pattern.split(sep)
+    first = next(i for i, part in enumerate(parts) if is_glob(part))
+    head, tail = sep.join(parts[:first]), [p for p in parts[first:] if p != ""]
+    if any(part in ("..", ".") for part in tail):
+        raise InputError(pattern, "a pattern may not hold '..' or '.' after a wildcard")
+    if not head:
+        head = sep if pattern.startswith(sep) else "."
+    elif is_hdfs(pattern) and HdfsFS.split(head)[1] in ("", "/"):  # hdfs://host or hdfs:// itself
+        head = HdfsFS.split(head)[0] + "/"
+    return head, tail
+
+
+def _matches(fs, folder: str, part: str) -> list[str]:
+    """The names in ``folder`` that the pattern component ``part`` matches (case-sensitive, as
+    glob on POSIX; a leading dot is matched only by a pattern that starts with one, as glob does)."""
+    if not is_glob(part):
+        return [part]
+    try:
+        names = fs.list(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    hidden = part.startswith(".")
+    return [n for n in names if fnmatch.fnmatchcase(n, part) and (hidden or not n.startswith("."))]
+
+
+def _usable(fs, path: str) -> Stat | None:
+    """``fs.stat(path)``, or None (with a log line) for an entry that cannot be used: a symlink
+    loop, a name too long, an unreadable entry."""
+    try:
+        return fs.stat(path)
+    except (OSError, ValueError) as err:
+        log.warning("%s cannot be used (%s): skipped", shown(path), getattr(err, "strerror", None) or err)
+        return None
+
+
+class _Expander:
+    """Turns input items into image paths, checking every path it is about to use.
+
+    ``allowed(param, path)`` (AllowedRoots.check, or None for the CLI: no check) is called on a path
+    before it is listed, stat'ed or returned, so nothing outside the allowed roots is touched: a
+    folder symlink pointing outside is refused before it is listed, a file symlink before it is read.
+    """
+
+    def __init__(self, extensions: tuple[str, ...], allowed=None, param: str = "input"):
+        self.extensions = extensions
+        self.allowed = allowed
+        self.param = param
+
+    def check(self, path: str) -> None:
+        if self.allowed is not None:
+            self.allowed(self.param, path)
+
+    def stat(self, fs, path: str) -> Stat | None:
+        return _safe(self.param, path, lambda: fs.stat(path))
+
+    def folder(self, fs, folder: str) -> list[str]:
+        """The image files of a folder (not recursive). An entry that cannot be used (a symlink
+        loop, a dangling link, an unreadable entry) is skipped with a log line, so one bad entry in
+        a shared folder does not fail every run naming it."""
+        found = []
+        for name in _safe(self.param, folder, lambda: fs.list(folder)):
+            path = fs.join(folder, name)
+            if not name.lower().endswith(self.extensions):
+                continue
+            self.check(path)
+            st = _usable(fs, path)
+            if st is not None and not st.is_dir:
+                found.append(path)
+        return found
+
+    def pattern(self, fs, pattern: str) -> list[str]:
+        """Expand a pattern one component at a time from its literal folder, checking each folder
+        before listing it and each match before it is used."""
+        head, tail = _split_pattern(pattern, fs.sep)
+        self.check(head)
+        st = self.stat(fs, head)
+        current = [head] if st is not None and st.is_dir else []
+        for depth, part in enumerate(tail):
+            last = depth == len(tail) - 1
+            following = []
+            for folder in current:
+                for name in _safe(self.param, folder, lambda: _matches(fs, folder, part)):
+                    path = fs.join(folder, name) if folder != "." else name
+                    self.check(path)
+                    st = _usable(fs, path)
+                    if st is not None and st.is_dir != last:
+                        following.append(path)
+            current = following
+        return current
+
+    def items(self, inputs: list[str]) -> list[str]:
+        found: list[str] = []
+        for given in inputs:
+            fs = filesystem(given)
+            item = os.path.expanduser(given) if fs is _LOCAL else given
+            literal = not is_glob(item) or self.stat_unchecked(fs, item)
+            if literal:  # a name that exists is taken literally, wildcard characters and all
+                self.check(item)
+                st = self.stat(fs, item)
+                if st is None:
+                    raise InputError(given, "no such file or folder")
+                found += self.folder(fs, item) if st.is_dir else [item]
+            else:
+                matches = self.pattern(fs, item)
+                if not matches:
+                    raise InputError(given, "the pattern matches no file")
+                found += matches
+        return found
+
+    def stat_unchecked(self, fs, item: str) -> bool:
+        """Whether a name holding wildcard characters exists as it is, asked only when its literal
+        folder is allowed (the question itself must not reach outside)."""
+        parent = posixpath.dirname(item) if fs is not _LOCAL else os.path.dirname(item)
+        if self.allowed is not None:
+            try:
+                self.check(parent or ".")
+            except ParamError:
+                return False  # then it is expanded as a pattern, whose own check refuses it
+        try:
+            return fs.stat(item) is not None
+        except (OSError, ValueError):
+            return False
+
+
+def expand(inputs: list[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS, allowed=None,
+           param: str = "input") -> list[str]:
     """Files, folders and glob patterns (local or ``hdfs://``) -> the image paths they name.
 
     A folder gives its files ending in one of ``extensions`` (case-insensitive; not recursive); a
-    file named explicitly is always taken; a pattern gives its matching files. A path that does not
-    exist, or a pattern that matches nothing, raises InputError. A file named twice (also through a
-    symlink) is listed once, in input order.
+    file named explicitly is always taken; a pattern (``*``, ``?``, ``[...]``, in any component but
+    never followed by ``..``) gives its matching files. A name that exists is taken literally even
+    when it holds wildcard characters. A path that does not exist, or a pattern that matches
+    nothing, raises InputError. A file named twice (also through a symlink) is listed once, in
+    input order.
+
+    ``allowed`` (an AllowedRoots, for DAG params): every item, every folder a pattern lists and
+    every file found is resolved and checked before it is used (PathNotAllowed naming ``param``).
     """
-    found: list[str] = []
-    for given in inputs:
-        fs = filesystem(given)
-        item = os.path.expanduser(given) if fs is _LOCAL else given
-        st = fs.stat(item)
-        if st is None and is_glob(item):
-            matches = [m for m in fs.glob(item) if _is_file(fs, m)]
-            if not matches:
-                raise InputError(given, "the pattern matches no file")
-            found += matches
-        elif st is None:
-            raise InputError(given, "no such file or folder")
-        elif not st.is_dir:
-            found.append(item)
-        else:
-            found += [fs.join(item, name) for name in fs.list(item)
-                      if name.lower().endswith(extensions) and _is_file(fs, fs.join(item, name))]
+    check = allowed.check if allowed is not None else None
+    found = _Expander(extensions, check, param).items(inputs)
     seen: set[str] = set()
     unique = []
     for path in found:
@@ -300,14 +448,26 @@ class AllowedRoots:
         return f"allowed roots ({self.source}): {', '.join(self.roots) or 'none'}"
 
     def check(self, param: str, path: str) -> str:
-        """``path`` resolved, or PathNotAllowed naming ``param`` and the rule."""
-        target = path
-        if is_glob(path):  # a pattern: the folder before its first wildcard must be inside
-            head = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
-            target = head if head.endswith(("/", os.sep)) else (posixpath.dirname(head) if is_hdfs(head)
-                                                                 else os.path.dirname(head))
-            target = target or "/"
-        if not self.contains(target):
+        """``path`` resolved, or PathNotAllowed naming ``param`` and the rule.
+
+        The path is taken literally (a wildcard character is just a character here: patterns are
+        expanded by :func:`expand`, which checks every folder and match). It must be absolute (a
+        relative path would depend on the worker's working folder) and on a supported filesystem;
+        then its real path (``~``, ``..`` and every symlink resolved) must be a root or lie under
+        one. The message is the same whether or not the path exists and never names what it
+        resolves to.
+        """
+        check_scheme(param, path)
+        expanded = path if is_hdfs(path) else _safe(param, path, lambda: os.path.expanduser(path))
+        if not is_hdfs(expanded) and not os.path.isabs(expanded):
+            raise ParamError(f"{param}: {shown(path)} is not an absolute path; give an absolute folder or file "
+                             f"(or an hdfs:// URL) under the {self.rule()}")
+        encoded = os.fsencode(expanded) if not is_hdfs(expanded) else expanded.encode("utf-8", "surrogateescape")
+        if len(encoded) >= MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+            raise ParamError(f"{param}: {shown(path[:200])}{'...' if len(path) > 200 else ''} is not a usable path "
+                             f"(longer than {MAX_PATH_BYTES - 1} bytes, or a name longer than {MAX_NAME_BYTES})")
+        real = _safe(param, path, lambda: resolve(expanded))
+        if not _safe(param, path, lambda: within(real, self.roots)):
             raise PathNotAllowed(f"{param}: {shown(path)} is outside the {self.rule()}; "
                                  f"nothing was read or written")
-        return resolve(path)
+        return real

@@ -16,9 +16,14 @@ from .errors import InputError, shown
 
 
 def run_key(run_id: str) -> str:
-    """A folder-safe name for a run id (Airflow run ids hold ':' and '+'), unique per run id."""
+    """A folder-safe name for a run id (Airflow run ids hold ':', '+' and '~'), unique per run id.
+
+    The readable part (the run id with every other character made '_', shortened) is followed by
+    128 bits of the run id's SHA-256: two run ids that read alike still get different folders, and
+    a run id chosen to land on another run's folder would take about 2^64 tries, not 2^12."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._") or "run"
-    return f"{safe[:80]}-{hashlib.sha1(run_id.encode()).hexdigest()[:6]}"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"{safe[:64]}-{digest}"
 
 
 def output_stems(paths: list[str], taken=None) -> list[str]:
@@ -47,21 +52,22 @@ def image_id_of(stem: str) -> str:
     return quote(stem.encode("utf-8", "surrogateescape"), safe="")
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
+def expand_inputs(inputs: list[str], allowed=None) -> list[str]:
     """Files, folders and glob patterns (local or ``hdfs://``) -> the image paths they name
-    (kmeans_ops.paths.expand). A pattern that matches nothing, or a path that does not exist,
-    raises InputError."""
+    (kmeans_ops.paths.expand; ``allowed``: the AllowedRoots every path must lie under). A pattern
+    that matches nothing, or a path that does not exist, raises InputError."""
     from .paths import expand
 
-    return expand(inputs)
+    return expand(inputs, allowed=allowed)
 
 
-def names_claimed(labels: bool):
+def names_claimed(labels: bool, reserved: tuple[str, ...] = ()):
     """``taken(stem, path)`` for :func:`output_stems`: whether a name of ``stem``'s outputs is one
-    another stem of the same run already uses. With ``labels`` every stem also writes
-    ``<stem>-labels.png``, so input ``a-labels.png``'s image and input ``a.png``'s label map would
-    be the same file: the later one moves on to the next name."""
-    claimed: set[str] = set()
+    another stem of the same run already uses, or one of ``reserved`` (the run folder's own files:
+    input ``summary.png`` would write ``summary.json`` over the run's summary). With ``labels``
+    every stem also writes ``<stem>-labels.png``, so input ``a-labels.png``'s image and input
+    ``a.png``'s label map would be the same file: the later one moves on to the next name."""
+    claimed: set[str] = {name.lower() for name in reserved}
 
     def taken(stem: str, path: str) -> bool:
         names = {stem.lower(), f"{stem}-labels".lower()} if labels else {stem.lower()}
@@ -76,9 +82,11 @@ def names_claimed(labels: bool):
 def plan_images(paths: list[str], labels: bool = False) -> list[dict]:
     """[{"path", "stem", "image_id"}] for the given image paths, in order; no two images' outputs
     share a name (``labels``: label maps count, see names_claimed)."""
+    from .publish import RESERVED_STEMS
+
     return [
         {"path": path, "stem": stem, "image_id": image_id_of(stem)}
-        for path, stem in zip(paths, output_stems(paths, taken=names_claimed(labels)))
+        for path, stem in zip(paths, output_stems(paths, taken=names_claimed(labels, RESERVED_STEMS)))
     ]
 
 
@@ -108,23 +116,29 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """
     from . import params as P
     from . import settings
-    from .paths import AllowedRoots
+    from .paths import AllowedRoots, check_scheme
     from .publish import check_publishable, final_dir, staging_dir
 
     roots = AllowedRoots.from_settings()
     inputs = list(conf["input"])
-    for item in inputs:
-        roots.check("input", item)
+    # Every path param is resolved and checked before anything is read: the files first (output,
+    # init, palette), then the inputs, whose folders and pattern matches are checked one by one.
+    check_scheme("output", conf["output"], supported=(None,))  # publishing writes local folders only
     output = roots.check("output", conf["output"])
     init, palette = conf["init"], conf.get("palette", "image")
+    given = {}  # resolved path -> as the user gave it, for messages (never the resolved target)
     if init not in P.INIT_METHODS:
+        check_scheme("init", init, supported=(None,))
         init = roots.check("init", init)
+        given[init] = conf["init"]
     if palette not in P.PALETTE_MODES:
+        check_scheme("palette", palette, supported=(None,))
         palette = roots.check("palette", palette)
+        given[palette] = conf["palette"]
     validated = P.validate(k=conf["k"], init=init, seed=conf["seed"], max_iter=conf["max_iterations"],
                            delta=conf["delta"], palette=palette, labels=conf.get("labels", False),
-                           dither=conf.get("dither", "none"))
-    paths = expand_inputs(inputs)
+                           dither=conf.get("dither", "none"), given=given)
+    paths = expand_inputs(inputs, allowed=roots)
     if not paths:
         raise InputError(", ".join(inputs), "no images found")
     images = plan_images(paths, labels=validated.labels)
@@ -133,10 +147,10 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     for image in images:
         image["path"] = roots.check("input", image["path"])  # read from here on: the checked real path
         if any(image["path"].startswith(folder + os.sep) for folder in ours):
-            raise P.ParamError(f"output: {shown(output)} would replace the input {shown(image['path'])}; "
+            raise P.ParamError(f"output: {shown(conf['output'])} would replace the input {shown(image['path'])}; "
                                f"choose another output folder")
     try:
-        check_publishable(output, key)
+        check_publishable(output, key, run_id, dag_id, replace=bool(conf.get("replace_published", False)))
     except RuntimeError as err:
         raise P.ParamError(f"output: {err}") from None
     return {
@@ -147,6 +161,7 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
         "work": os.path.join(settings.work_root(), key),
         "output": output,
         "batch_size": conf["batch_size"],
+        "replace_published": bool(conf.get("replace_published", False)),
         "params": validated.to_json(),
         "images": images,
     }

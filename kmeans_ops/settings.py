@@ -14,6 +14,11 @@ KMEANS_DATA_ROOT            where users drop input images                  <home
 KMEANS_OUTPUT_ROOT          where DAG runs publish                         <home>/kmeans-output
 KMEANS_WORK_ROOT            local work areas of DAG runs                   <home>/kmeans-work
 KMEANS_MAX_PIXELS           pixel budget per image (checked from header)   100000000
+KMEANS_MAX_IMAGE_BYTES      byte budget per image file (before reading)    1073741824 (1 GiB)
+KMEANS_MAX_TEXT_BYTES       byte budget per .txt points file               134217728 (128 MiB)
+KMEANS_MAX_K_COLOURS        cap on K x distinct colours per image          600000000
+KMEANS_TASK_TIMEOUT         seconds a DAG task may run (execution_timeout) 3600
+KMEANS_RUN_TIMEOUT          seconds a DAG run may take (dagrun_timeout)    21600
 KMEANS_ITERATION_BOUND      parse-time number of iteration steps (DAG)     30
 KMEANS_HADOOP_FRAMEWORK     ``yarn`` or ``local`` (LocalJobRunner)          yarn
 KMEANS_HADOOP_UBER          small jobs in uber mode (``true``/``false``)    true
@@ -70,6 +75,21 @@ MAX_BATCH_SIZE = 10000
 #: Pixel budget per image: ~21 bytes per pixel at peak (decoded image, codes, sort, output), so
 #: 100 MP stays near 2 GB; a 50 MP photo takes about 1 GB.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Byte budget of an image file, checked before it is read (a 100 MP 16-bit RGBA TIFF is 800 MB).
+DEFAULT_MAX_IMAGE_BYTES = 1 << 30
+#: Byte budget of a seed points file (.txt), checked before it is read: parsing peaks near 18 times
+#: the file's size, so 128 MiB (about 9 M points) stays near 2.3 GB.
+DEFAULT_MAX_TEXT_BYTES = 128 << 20
+#: Cap on K x distinct colours of one image (or of a shared palette's union), checked once the
+#: colour table is built and before k-means++ or any iteration: each iteration (and k-means++)
+#: costs about K x colours distance computations, 18 s per iteration at 1e9 on this 2-core
+#: machine. 6e8 takes a 50 MP photo (up to 2.3 M distinct colours) at K=256.
+DEFAULT_MAX_K_COLOURS = 600_000_000
+#: DAG bounds: any task (execution_timeout) and a whole run (dagrun_timeout). A 50 MP photo at
+#: K=256 takes minutes per stage on a 2-core worker, so an hour per task is comfortable; a run of
+#: many batches has 6 hours.
+DEFAULT_TASK_TIMEOUT = 3600
+DEFAULT_RUN_TIMEOUT = 6 * 3600
 #: Nightly: a landed file is taken once its size and mtime have not changed for this long.
 DEFAULT_SETTLE_SECONDS = 300
 #: CLI: decoded images (and colour tables) up to this many bytes stay in memory between ingest and
@@ -139,6 +159,28 @@ def work_root() -> str:
 
 def max_pixels() -> int:
     return env_int("KMEANS_MAX_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)
+
+
+def max_image_bytes() -> int:
+    return env_int("KMEANS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1)
+
+
+def max_text_bytes() -> int:
+    return env_int("KMEANS_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES, minimum=1)
+
+
+def max_k_colours() -> int:
+    return env_int("KMEANS_MAX_K_COLOURS", DEFAULT_MAX_K_COLOURS, minimum=1)
+
+
+def task_timeout() -> float:
+    """Seconds any task of the DAGs may run (their ``execution_timeout``)."""
+    return float(env_int("KMEANS_TASK_TIMEOUT", DEFAULT_TASK_TIMEOUT, minimum=1))
+
+
+def run_timeout() -> float:
+    """Seconds a run of kmeans_image_clustering may take (its ``dagrun_timeout``)."""
+    return float(env_int("KMEANS_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT, minimum=1))
 
 
 def iteration_bound() -> int:

@@ -84,18 +84,60 @@ def read_json(path: str):
         return json.load(handle)
 
 
-def publish_folder(staging: str, final: str) -> None:
-    """Replace folder ``final`` by the complete folder ``staging`` with renames only.
+#: Prefix of a replaced run folder while it is being removed (beside the new one).
+OLD_PREFIX = ".old-"
 
-    The old folder (if any) is moved aside first and removed after the new one is in place, so a
-    reader sees either the old complete folder or the new complete one.
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``, through the C library):
+    True when done, False when this system or filesystem cannot (then nothing changed)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), a)
+
+
+def old_folders(final: str) -> list[str]:
+    """The replaced copies of ``final`` still beside it (``.old-<name>-*``)."""
+    parent, name = os.path.split(os.path.abspath(final))
+    try:
+        return sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(f"{OLD_PREFIX}{name}-"))
+    except OSError:
+        return []
+
+
+def publish_folder(staging: str, final: str) -> None:
+    """Replace folder ``final`` by the complete folder ``staging``, so that at every moment (a
+    ``kill -9`` included) ``final`` is either the old complete folder or the new complete one.
+
+    Where the system can swap two folders in one step (Linux), the new folder and the old one are
+    exchanged; the old one then takes a ``.old-<name>-*`` name and is removed. Elsewhere the old
+    folder is renamed aside first: a run killed between the two renames is repaired by the next
+    publication (the old folder is put back, then replaced). Leftover ``.old-<name>-*`` copies are
+    removed once ``final`` is in place.
     """
     final = os.path.abspath(final)
-    old = None
-    if os.path.exists(final):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
-        os.rmdir(old)
+    if not os.path.lexists(final):
+        olds = old_folders(final)
+        if olds:  # killed between the renames of the fallback below: the old folder goes back first
+            os.rename(olds[-1], final)
+    old = os.path.join(os.path.dirname(final), f"{OLD_PREFIX}{os.path.basename(final)}-{uuid.uuid4().hex[:12]}")
+    if not os.path.lexists(final):
+        os.rename(staging, final)
+    elif _exchange(staging, final):
+        os.rename(staging, old)  # the staging name now holds the old folder
+    else:
         os.rename(final, old)
-    os.rename(staging, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+        os.rename(staging, final)
+    for leftover in old_folders(final):
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -172,32 +172,38 @@ class PublishOperator(BaseOperator):
 
     def execute(self, context):
         import json
-        import os
         import time
 
         from airflow.sdk import Asset
         from airflow.sdk.exceptions import AirflowFailException
 
-        from kmeans_ops.publish import PublishError, final_dir, publish, staging_dir
+        from kmeans_ops.errors import shown
+        from kmeans_ops.publish import PublishError, already_published, final_dir, publish
+        from kmeans_ops.storage import is_full
 
         plan = self.plan
         results = self.flatten(self.results)
         failures = list(plan.get("failures") or []) + [r for r in results if not r["ok"]]
         final = final_dir(plan["output"], plan["key"])
-        if not os.path.isdir(staging_dir(plan["output"], plan["key"])) and os.path.isdir(final):
-            self.log.info("already published: %s", final)  # a cleared and re-run publish
-        else:
-            figures = []
-            for r in results:
-                if r["ok"]:
-                    with open(r["json"], encoding="utf-8") as handle:
-                        figures.append({**json.load(handle), "seconds": r["seconds"]})
-            started = context["dag_run"].start_date
-            info = self.run_info(started.timestamp() if started else None, time.time())
-            try:
-                publish(plan["output"], plan["key"], figures, failures, info)
-            except PublishError as err:
-                raise AirflowFailException(str(err)) from None
+        try:
+            if already_published(plan["output"], plan["key"]):
+                self.log.info("already published: %s", final)  # a cleared and re-run publish
+            else:
+                figures = []
+                for r in results:
+                    if r["ok"]:
+                        with open(r["json"], encoding="utf-8") as handle:
+                            figures.append({**json.load(handle), "seconds": r["seconds"]})
+                started = context["dag_run"].start_date
+                info = self.run_info(started.timestamp() if started else None, time.time())
+                publish(plan["output"], plan["key"], figures, failures, info,
+                        replace=bool(plan.get("replace_published")))
+        except PublishError as err:
+            raise AirflowFailException(str(err)) from None
+        except OSError as err:  # one line: a full disk, a folder that vanished, permissions
+            where = shown(err.filename) if err.filename else shown(plan["output"])
+            problem = "no space left" if is_full(err) else (err.strerror or type(err).__name__)
+            raise RuntimeError(f"publishing into {shown(plan['output'])} failed: {problem} ({where})") from None
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = {"folder": final, "run_id": plan["run_id"]}

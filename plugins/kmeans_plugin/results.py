@@ -3,8 +3,10 @@ folder may be served, and which file of it a requested name means.
 
 - A run's folder comes only from Airflow's metadata: the return value (XCom) of the run's
   successful ``publish`` task, an absolute path. Never from the client.
-- It is served only when it resolves under the allowed roots (kmeans_ops.paths.AllowedRoots) and
-  is a published run (kmeans_ops.publish.is_published: it holds summary.json and is no symlink).
+- It is served only when it resolves under the allowed roots (kmeans_ops.paths.AllowedRoots), is
+  a published run (kmeans_ops.publish.is_published: it holds summary.json and is no symlink) and
+  its summary.json names that same DAG and run id (kmeans_ops.publish.published_by): someone who
+  may edit XComs can make a run's link show nothing, never another run's or a foreign folder.
 - A name is a plain file name of that folder (no ``/``, no ``..``, no hidden file) with a known
   type; its resolved path must still lie in the folder, so a symlink pointing out is refused.
 """
@@ -24,17 +26,21 @@ CONTENT_TYPES = {".png": "image/png", ".json": "application/json"}
 HTML_TYPE = "text/html; charset=utf-8"
 
 
-def servable_folder(folder, roots) -> str | None:
-    """The resolved path of ``folder`` if it is a local published run folder under ``roots``
-    (an AllowedRoots), else None."""
+def servable_folder(folder, roots, dag_id: str, run_id: str) -> str | None:
+    """The resolved path of ``folder`` if it is a local folder under ``roots`` (an AllowedRoots)
+    published by run ``run_id`` of ``dag_id``, else None."""
     from kmeans_ops.paths import is_hdfs
-    from kmeans_ops.publish import is_published
+    from kmeans_ops.publish import published_by
 
-    if not isinstance(folder, str) or not folder or is_hdfs(folder) or not os.path.isabs(folder):
+    if not isinstance(folder, str) or not folder or "\0" in folder or is_hdfs(folder) or not os.path.isabs(folder):
         return None
-    if not roots.contains(folder) or not is_published(folder):
+    try:
+        if not roots.contains(folder):
+            return None
+        real = os.path.realpath(folder)
+    except (OSError, ValueError):
         return None
-    return os.path.realpath(folder)
+    return real if published_by(real, dag_id, run_id) else None
 
 
 def content_type(name: str) -> str | None:

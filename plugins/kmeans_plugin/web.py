@@ -78,12 +78,12 @@ def run_file(dag_id: str, run_id: str, name: str, session: SessionDep):
     returned = rules.published_folder(session, dag_id, run_id)
     if returned is None:
         raise HTTPException(404, f"DAG {dag_id}, run {run_id}: no successful publish task, nothing published")
-    folder = rules.servable_folder(returned, allowed_roots())
+    folder = rules.servable_folder(returned, allowed_roots(), dag_id, run_id)
     if folder is None:
         log.warning("not serving run %s of %s: its folder is outside the allowed roots or not a published run",
                     run_id, dag_id)
         raise HTTPException(404, f"DAG {dag_id}, run {run_id}: its results are not served (outside the allowed "
-                                 f"roots, or no longer a published run)")
+                                 f"roots, no longer a published run, or published by another run)")
     path = rules.file_in(folder, name)
     if path is None:
         raise HTTPException(404, f"DAG {dag_id}, run {run_id}: no such file in the run's results")
@@ -99,7 +99,7 @@ def results_page(session: SessionDep, limit: int = Query(DEFAULT_LIMIT, ge=1, le
     roots = allowed_roots()
     runs = []
     for run_id, end_date, returned in rules.recent_publications(session, rules.RESULTS_DAG_ID, limit):
-        folder = rules.servable_folder(returned, roots)
+        folder = rules.servable_folder(returned, roots, rules.RESULTS_DAG_ID, run_id)
         summary = rules.summary_of(folder) if folder else None
         runs.append({
             "run_id": run_id,
