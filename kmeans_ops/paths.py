@@ -387,14 +387,11 @@ class _Expander:
         return found
 
     def stat_unchecked(self, fs, item: str) -> bool:
-        """Whether a name holding wildcard characters exists as it is, asked only when its literal
-        folder is allowed (the question itself must not reach outside)."""
+        """Whether a name holding wildcard characters exists as it is. Asked only once its literal
+        folder is allowed (the question itself must not reach outside): a folder that resolves
+        outside, a symlink named ``d[1]`` pointing out included, is refused here."""
         parent = posixpath.dirname(item) if fs is not _LOCAL else os.path.dirname(item)
-        if self.allowed is not None:
-            try:
-                self.check(parent or ".")
-            except ParamError:
-                return False  # then it is expanded as a pattern, whose own check refuses it
+        self.check(parent or ".")
         try:
             return fs.stat(item) is not None
         except (OSError, ValueError):

@@ -393,6 +393,27 @@ def test_a_run_outside_the_allowed_roots_or_no_longer_published_is_not_served(si
     assert site.request(site.run_url(DAG, run))[0] == 200
 
 
+def test_an_xcom_editor_cannot_repoint_a_run_to_another_runs_folder(site):
+    """Someone who may edit XComs patches the "ok" run's publish value to the "real" run's folder
+    (through the REST API, which accepts it): the app serves nothing for "ok", and the "real" run's
+    report is still served for "real" only."""
+    ok, real = site.runs["ok"], site.runs["real"]
+    own, other = site.folder(TEST_DAG, ok), site.folder(DAG, real)
+    assert site.request(site.run_url(TEST_DAG, ok))[0] == 200
+    path = (f"/api/v2/dags/{TEST_DAG}/dagRuns/{quote(ok, safe='')}/taskInstances/publish/xcomEntries/"
+            f"return_value")
+    site.api(path, "PATCH", {"value": other, "map_index": -1})
+    try:
+        assert site.folder(TEST_DAG, ok) == other  # the edit took
+        for name in ("report.html", "summary.json"):
+            status, _, body = site.request(site.run_url(TEST_DAG, ok, name))
+            assert status == 404 and b"<html" not in body, (name, status)
+        assert site.request(site.run_url(DAG, real))[0] == 200
+    finally:
+        site.api(path, "PATCH", {"value": own, "map_index": -1})
+    assert site.request(site.run_url(TEST_DAG, ok))[0] == 200
+
+
 def test_the_results_page_lists_the_run_and_links_to_its_report(site):
     run = site.runs["real"]
     status, headers, page = site.request("/kmeans/results")
