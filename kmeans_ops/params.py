@@ -60,11 +60,11 @@ def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, de
     - ``max_iter``: integer between 1 and 1000.
     - ``delta``: a centroid shift in colour units, 0 <= delta <= 32; 0 means "until no centroid moves".
     - ``seed``: integer >= 0.
-    - ``init``: "kmeans++", "random", or the path of an existing clusters file. The file is read
+    - ``init``: "kmeans++", "random", or the path of a readable clusters file. The file is read
       here, once: a bad file, or one holding a number of centroids other than ``k``, is a
       ParamError naming ``init`` (and ``k``), the file and the line, never its content.
     - ``palette``: "image" (each image its own palette), "run" (one palette for all the images of
-      the run) or the path of an existing clusters file, a fixed palette applied with no
+      the run) or the path of a readable clusters file, a fixed palette applied with no
       iterations. The file goes through the same checks as an ``init`` file, its K must equal
       ``k`` (``k`` None: its K), and a disagreement names ``palette`` and ``k``.
     - ``labels``: true or false (also write each image's label map).

@@ -208,7 +208,7 @@ def test_palette_file_k_mismatch_and_bad_files_are_refused(photo_dir, tmp_path):
     assert status == 2 and err.startswith("error: palette: not a usable clusters file") and "line 2" in err
     assert "hunter2" not in err
     for bad in ("", "nowhere.txt", 3, None):
-        with pytest.raises(P.ParamError, match="^palette must be 'image', 'run' or an existing clusters file"):
+        with pytest.raises(P.ParamError, match="^palette must be 'image', 'run' or a readable clusters file"):
             P.validate(palette=bad)
 
 
