@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 
 from . import settings
 from .errors import shown
-from .paths import SHA256_KEY, LocalFS
+from .paths import SHA256_KEY, LocalFS, StillBeingWritten
 from .storage import write_json
 
 log = logging.getLogger(__name__)
@@ -177,25 +177,27 @@ def _not_settled(path: str, before: Stamp, after: Stamp, now_ns: int, settle_sec
 
 
 def key_if_settled(path: str, stamp, content_key, settle_seconds: float, writing=None,
-                   clock=time.time_ns) -> tuple[str, int] | None:
+                   clock=time.time_ns, before: Stamp | None = None) -> tuple[str, int] | None:
     """(content key, size) of the landed file ``path`` if it has settled (see settled); else
     None, after logging one line with why, its age and the setting.
 
     ``stamp()`` reads the file's (size, mtime_ns); ``content_key()`` returns (its content key,
-    bytes read to compute it, or None when nothing was read: an HDFS checksum); ``writing()``,
-    when the filesystem can tell, whether the file is still open for writing (asked before the
-    key, an HDFS file being written has no checksum, and again after). A file too young or still
-    being written gets no key at all. Their errors (OSError, HdfsError) go to the caller.
+    bytes read to compute it, or None when nothing was read: an HDFS checksum; it raises
+    paths.StillBeingWritten for a file it can tell is open for writing); ``writing()``, when the
+    filesystem can tell, whether the file is still open for writing once the key is computed;
+    ``before``, the file's stamp when the caller has just read it (else ``stamp()`` is called). A
+    file too young gets no key at all. Their other errors (OSError, HdfsError) go to the caller.
     """
-    before = stamp()
+    before = stamp() if before is None else before
     now = clock()
     if not settled(before, before, now, settle_seconds):
         log.info(_not_settled(path, before, before, now, settle_seconds))
         return None
-    if writing and writing():
-        log.info(_not_settled(path, before, before, now, settle_seconds, writing=True))
+    try:
+        digest, read = content_key()
+    except StillBeingWritten:
+        log.info(_not_settled(path, before, before, clock(), settle_seconds, writing=True))
         return None
-    digest, read = content_key()
     after = stamp()
     still_writing = bool(writing and writing())
     if not settled(before, after, now, settle_seconds, read, still_writing):
@@ -259,7 +261,7 @@ def list_root(root: str, exclude: list[str] | tuple[str, ...] = (),
                 if st is None or st.is_dir:
                     continue
                 taken = key_if_settled(path, lambda: _stamp(fs, path), lambda: fs.content_key(path), settle_seconds,
-                                       lambda: fs.writing(path))
+                                       lambda: fs.writing(path), before=(st.size, st.mtime_ns))
             except (OSError, HdfsError) as err:
                 log.warning("cannot read %s: %s (skipped)", shown(path), getattr(err, "strerror", None) or err)
                 continue

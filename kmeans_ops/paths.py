@@ -18,6 +18,7 @@ DAG param may name it.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import logging
@@ -41,6 +42,10 @@ CHUNK = 1 << 20
 #: Linux's PATH_MAX and NAME_MAX (bytes): a longer path param is refused before it reaches the OS.
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255  # bytes read at a time when hashing
+
+
+class StillBeingWritten(OSError):
+    """The file is still open for writing, so it has no content key yet (HDFS: "under construction")."""
 
 
 class PathNotAllowed(ParamError):
@@ -226,13 +231,18 @@ class HdfsFS:
         block size (two copies written with different block sizes have different keys: processed
         again, never wrongly skipped). A COMPOSITE-CRC answer (32 bits, for servers that honour the
         setting, e.g. HttpFS) gets the file's length appended (``...:<crc>:<length>``).
-        A file still being written has no checksum (HdfsError: "under construction")."""
+        A file still being written has no checksum: StillBeingWritten."""
+        from .hdfs import HdfsError
+
         path = self.path(uri)
-        checksum = self.hdfs.checksum(path)
+        try:
+            checksum = self.hdfs.checksum(path)
+        except HdfsError as err:
+            if "is under construction" in str(err):
+                raise StillBeingWritten(errno.EBUSY, "still open for writing", uri) from None
+            raise
         algorithm, value = str(checksum.get("algorithm", "")), str(checksum.get("bytes", ""))
         if not _HDFS_ALGORITHM.fullmatch(algorithm) or not _HEX.fullmatch(value):
-            from .hdfs import HdfsError
-
             raise HdfsError(f"HDFS checksum {shown(path)}: unexpected answer (algorithm {shown(algorithm[:80])}, "
                             f"{len(value)} characters)")
         key = f"hdfs-{algorithm.lower()}:{value.lower()}"

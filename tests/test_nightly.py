@@ -763,3 +763,41 @@ def test_hdfs_files_of_a_version_1_ledger_are_adopted_once(dev_hdfs, tmp_path):
         assert L.adopt_legacy(found, ledger) == 0
     assert got.bytes == 0  # nothing read: the checksum key is known now
     assert [f["path"] for f in L.new_files(found, ledger)] == [new]
+
+
+def test_an_hdfs_file_being_uploaded_is_not_settled_and_gets_no_key(dev_hdfs):
+    """A file still being uploaded (its first bytes sent, the rest held back) has no checksum yet:
+    the scan logs it once as not settled, "still open for writing" (no "cannot read" warning) and
+    leaves it out; once closed, it is taken with the key of its whole content."""
+    from kmeans_ops.paths import HdfsFS, StillBeingWritten
+
+    client, root = dev_hdfs
+    png = write_samples_bytes("rocket.png")
+    path = f"{root}/uploading/rocket.png"
+    uri = f"hdfs://127.0.0.1:8020{root}/uploading"
+    client.makedirs(f"{root}/uploading")
+    release = threading.Event()
+
+    def body():
+        yield png[: len(png) // 3]
+        release.wait(60)
+        yield png[len(png) // 3:]
+
+    upload = threading.Thread(target=client.client.write, args=(path,), kwargs={"data": body(), "overwrite": True})
+    upload.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not client.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        with pytest.raises(StillBeingWritten):
+            HdfsFS(client).content_key(f"{uri}/rocket.png")
+        with LogLines() as lines:
+            assert L.scan([uri], settle_seconds=0) == []
+    finally:
+        release.set()
+        upload.join()
+    assert len(lines) == 1 and "not settled" in lines[0] and "still open for writing" in lines[0], lines
+    (taken,) = L.scan([uri], settle_seconds=0)
+    whole = hdfs_write(client, f"{root}/whole-rocket.png", png)
+    assert taken["size"] == len(png) and taken["digest"] == HdfsFS(client).content_key(whole)[0]
