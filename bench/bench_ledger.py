@@ -112,16 +112,16 @@ def main() -> int:
                 got = measure(uri, args.files)
             finally:
                 HdfsFS.content_key = new
-            print(f"  {label:6s} key {got['kind']:32s} {got['seconds']:7.2f} s  rchar {got['rchar'] / 1e6:9.3f} MB  "
+            print(f"  {label:6s} key {got['kind']:32s} {got['seconds']:7.2f} s  rchar {got['rchar'] / 1e3:8.1f} kB  "
                   f"socket {got['socket'] / 1e6:9.3f} MB", flush=True)
             if label not in results or got["seconds"] < results[label]["seconds"]:
                 results[label] = got
         b, a = results["before"], results["after"]
         print(f"\nscan of {args.files} landed files ({total / 1e6:.1f} MB) on HDFS, best of 2:")
         print(f"  before (SHA-256 through WebHDFS): {b['seconds']:.2f} s, received {b['socket'] / 1e6:.1f} MB "
-              f"({b['socket'] / total:.2f} x the files' bytes), rchar {b['rchar'] / 1e6:.2f} MB")
+              f"({b['socket'] / total:.2f} x the files' bytes), rchar {b['rchar'] / 1e3:.1f} kB")
         print(f"  after  (HDFS file checksum):      {a['seconds']:.2f} s, received {a['socket'] / 1e6:.2f} MB "
-              f"({a['socket'] / args.files:.0f} bytes per file), rchar {a['rchar'] / 1e6:.2f} MB")
+              f"({a['socket'] / args.files:.0f} bytes per file), rchar {a['rchar'] / 1e3:.1f} kB")
         print(f"  ratio before/after: {b['seconds'] / a['seconds']:.1f} x the time, "
               f"{b['socket'] / a['socket']:.0f} x the bytes received, "
               f"{b['rchar'] / max(a['rchar'], 1):.1f} x rchar")

@@ -318,14 +318,19 @@ def adopt_legacy(found: list[dict], ledger: Ledger) -> int:
     ``sha256:`` and not known, and whose size equals that of a ``sha256:`` entry first seen on
     ``hdfs://`` (an old HDFS entry), the file is read once to compute its SHA-256; if that is a
     known entry, the new key is recorded with the old entry's fields (plus ``"sha256"``, the old
-    key), so the file is known. Files of sizes no old HDFS entry has are not read. Once every old
-    file has been seen (or all are gone), nothing is read any more: the old entries stay, unused.
-    The caller saves the ledger (not in a dry run).
+    key), so the file is known. Files of sizes no old HDFS entry still unmatched has are not read;
+    once every old HDFS entry has been matched, nothing is read any more (an old entry whose file
+    is gone keeps costing one read of each new file of exactly its size, until that file is
+    recorded). The old entries stay. The caller saves the ledger (not in a dry run).
     """
     from .paths import filesystem
 
+    matched = {entry.get("sha256") for entry in ledger.files.values()}
     sizes = {entry.get("size") for key, entry in ledger.files.items()
-             if key.startswith(SHA256_KEY) and str(entry.get("path", ""))[:7].lower() == "hdfs://"}
+             if key.startswith(SHA256_KEY) and key not in matched
+             and str(entry.get("path", ""))[:7].lower() == "hdfs://"}
+    if not sizes:
+        return 0
     adopted = 0
     for item in found:
         if item["digest"].startswith(SHA256_KEY) or ledger.is_known(item["digest"]) or item["size"] not in sizes:

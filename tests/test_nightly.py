@@ -801,3 +801,30 @@ def test_an_hdfs_file_being_uploaded_is_not_settled_and_gets_no_key(dev_hdfs):
     (taken,) = L.scan([uri], settle_seconds=0)
     whole = hdfs_write(client, f"{root}/whole-rocket.png", png)
     assert taken["size"] == len(png) and taken["digest"] == HdfsFS(client).content_key(whole)[0]
+
+
+def test_nightly_dag_on_hdfs_with_a_version_1_ledger(airflow_db, config, dev_hdfs):
+    """The real DAG on an HDFS landing root with a version 1 ledger that recorded one of its files
+    by SHA-256: that file is not triggered again, the new one is; the ledger is then version 2,
+    keyed by checksum (the old entry kept beside); the next night reads no file and triggers nothing."""
+    import hashlib
+
+    client, root = dev_hdfs
+    png, jpg = write_samples_bytes("coffee.png"), write_samples_bytes("china.jpg")
+    old = hdfs_write(client, f"{root}/dag/a/coffee.png", png)
+    new = hdfs_write(client, f"{root}/dag/a/china.jpg", jpg)
+    entry = {"path": old, "size": len(png), "first_seen": "2025-01-01T02:00:00+00:00", "run_id": "nightly__old"}
+    config.ledger.parent.mkdir(parents=True)
+    config.ledger.write_text(json.dumps({"version": 1, "files": {hashlib.sha256(png).hexdigest(): entry}}))
+    config.set("kmeans_landing_roots", [old.rsplit("/a/", 1)[0]])
+    config.set("kmeans_ledger_path", str(config.ledger))
+    config.set("kmeans_nightly_defaults", {"k": 4, "settle_seconds": 0})
+
+    state, runs, _ = nightly()
+    assert state == "success" and [r["input"] for r in runs] == [[new]]
+    saved = json.loads(config.ledger.read_text())
+    assert saved["version"] == 2 and len(saved["files"]) == 3  # the old entry, its checksum key, the new file
+    assert all(k.startswith("hdfs-") for k in saved["files"] if k != "sha256:" + hashlib.sha256(png).hexdigest())
+    with Received() as got:
+        assert nightly() == ("success", [], NOTHING_NEW)
+    assert got.bytes < len(jpg)  # keys by checksum: the files are not read
