@@ -32,6 +32,7 @@ bench: setup
 	bin/hadoop-dev up
 	$(PY) bench/bench_hadoop.py
 	$(PY) bench/bench_palette.py
+	$(PY) bench/bench_ledger.py
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -35,11 +35,14 @@ Only **settled** files are taken: last modified at least `settle_seconds` ago (d
 still being written is logged as "not settled", neither triggered nor recorded, and taken by a
 later run once it has settled.
 
-A **ledger** (JSON) keyed by the SHA-256 of each file's content remembers what was triggered: a
-renamed or copied file is not redone, a changed file (same name, new content) is. Files are
-recorded only once their run exists, so a failed trigger is retried the next night.
+A **ledger** (JSON) keyed by each file's content remembers what was triggered: a renamed or
+copied file is not redone, a changed file (same name, new content) is. The key of a local file is
+the SHA-256 of its bytes; that of a file on HDFS is the file checksum HDFS keeps (WebHDFS
+GETFILECHECKSUM: the worker reads none of its bytes). Same bytes, same key, per kind of
+filesystem. Files are recorded only once their run exists, so a failed trigger is retried the next
+night.
 
-Tasks: `scan` (find the settled files, hash, compare with the ledger, plan the runs) -> `trigger`
+Tasks: `scan` (find the settled files, key them, compare with the ledger, plan the runs) -> `trigger`
 (one mapped TriggerDagRunOperator per planned run; skipped when nothing is new) -> `record` (ledger).
 
 **Configuration**, all optional (Admin -> Variables; or `AIRFLOW_VAR_<NAME>` environment variables):
@@ -182,6 +185,11 @@ def kmeans_nightly():
             ledger = L.Ledger.load(settings.ledger_path())
             exclude = [defaults.get("output") or settings.output_root(), settings.work_root()]
             found = L.scan(roots, exclude=exclude, settle_seconds=settle, allowed=allowed)
+            adopted = L.adopt_legacy(found, ledger)  # HDFS files of a version 1 ledger (SHA-256 keys)
+            if adopted and not params.get("dry_run"):
+                ledger.save()
+                log.info("ledger %s: %d HDFS file(s) of its version 1 entries now recorded by checksum",
+                         shown(ledger.path), adopted)
         new = L.new_files(found, ledger)
         log.info("%d settled image(s) under %s, %d new (ledger %s: %d known)", len(found),
                  ", ".join(shown(root) for root in roots), len(new), shown(ledger.path), len(ledger))

@@ -120,6 +120,11 @@ class Hdfs:
 
         return self.call("read", path, read)
 
+    def checksum(self, path: str) -> dict:
+        """The file checksum the NameNode has the DataNodes compute (WebHDFS GETFILECHECKSUM):
+        ``{"algorithm", "bytes" (hex), "length"}``; no byte of the file is sent here."""
+        return self.call("checksum", path, self.client.checksum, path)
+
     def download(self, path: str, local: str) -> None:
         self.call("download", path, self.client.download, path, local, overwrite=True, n_threads=1)
 

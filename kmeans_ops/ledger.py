@@ -5,18 +5,28 @@ No Airflow here: ``kmeans_nightly`` calls these functions from its tasks, tests 
 
 Ledger file (JSON, written atomically)::
 
-    {"version": 1,
-     "files": {"<sha256 of the content>": {"path": "/landing/a/x.jpg", "size": 12345,
-                                           "first_seen": "2025-01-01T02:00:00+00:00",
-                                           "run_id": "<the kmeans_image_clustering run>"}}}
+    {"version": 2,
+     "files": {"<content key>": {"path": "/landing/a/x.jpg", "size": 12345,
+                                 "first_seen": "2025-01-01T02:00:00+00:00",
+                                 "run_id": "<the kmeans_image_clustering run>"}}}
 
-Keyed by content: a renamed or copied file has a known digest and is not redone; a changed file
-(same name, new content) has a new digest and is redone. ``path`` is where the content was first
-seen, kept for people reading the file.
+Keyed by content (``fs.content_key``, kmeans_ops.paths): a renamed or copied file has a known key
+and is not redone; a changed file (same name, new content) has a new key and is redone. Same
+bytes, same key, per kind of filesystem: ``sha256:<hex>`` for a local file (its bytes read and
+hashed), ``hdfs-<algorithm>:<hex>`` for a file on HDFS (the file checksum the DataNodes compute
+from the CRCs they store: nothing of the file is read by the worker). Keys of different kinds
+never compare equal: the same photo in a local and in an HDFS landing root is processed once per
+root kind. ``path`` is where the content was first seen, kept for people reading the file.
+
+Version 1 ledgers (before HDFS keys) held bare SHA-256 hex digests, of local and HDFS files alike:
+loaded, they read as ``sha256:`` keys (saved as version 2). A local file keeps its key. An HDFS file
+recorded then is matched once more by SHA-256 (:func:`adopt_legacy`: read only when its size equals
+a legacy HDFS entry's), and its checksum key recorded beside the old entry, so it is not redone.
 
 Only **settled** files are taken (:func:`settled`, the one rule for every filesystem): a file last
-modified less than ``settle_seconds`` ago, or that changed while it was hashed, is logged as not
-settled and left out of the scan; it is neither triggered nor recorded, and a later scan takes it.
+modified less than ``settle_seconds`` ago, still open for writing, or that changed while its key
+was computed, is logged as not settled and left out of the scan; it is neither triggered nor
+recorded, and a later scan takes it.
 """
 
 from __future__ import annotations
@@ -30,17 +40,21 @@ from datetime import datetime, timezone
 
 from . import settings
 from .errors import shown
-from .paths import LocalFS
+from .paths import SHA256_KEY, LocalFS, StillBeingWritten
 from .storage import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
+#: Versions Ledger.load reads (1: bare SHA-256 digests, read as ``sha256:`` keys).
+READABLE = (1, 2)
 #: A folder holding both files is a published run of kmeans_image_clustering (kmeans_ops.publish).
 PUBLISHED_MARKERS = ("summary.json", "report.html")
 NS = 1_000_000_000
-#: A key of the ledger's "files": a SHA-256 hex digest, as hashlib writes it.
-_DIGEST = re.compile(r"[0-9a-f]{64}")
+#: A key of the ledger's "files": ``sha256:<64 hex>`` or ``hdfs-<algorithm>:<hex>[:<length>]``.
+_KEY = re.compile(r"sha256:[0-9a-f]{64}|hdfs-[a-z0-9-]{1,64}:[0-9a-f]{1,256}(:[0-9]{1,20})?")
+#: A key of a version 1 ledger: a SHA-256 hex digest, as hashlib writes it.
+_V1_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 #: A file's (size in bytes, modification time in ns since the epoch), as read at one moment.
 Stamp = tuple[int, int]
@@ -51,7 +65,7 @@ class LedgerError(Exception):
 
 
 class Ledger:
-    """Content digests already handed to kmeans_image_clustering, stored in one JSON file."""
+    """Content keys already handed to kmeans_image_clustering, stored in one JSON file."""
 
     def __init__(self, path: str, files: dict[str, dict] | None = None):
         self.path = os.path.abspath(os.path.expanduser(path))
@@ -79,28 +93,36 @@ class Ledger:
                               f"{fix}") from None
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             raise LedgerError(f'ledger {name} is corrupt (expected an object with a "files" object); {fix}')
-        if data.get("version") != VERSION:
-            raise LedgerError(f"ledger {name}: unsupported version (expected {VERSION})")
-        for number, (digest, entry) in enumerate(data["files"].items(), start=1):
-            if not isinstance(entry, dict) or not _DIGEST.fullmatch(digest):
-                raise LedgerError(f"ledger {name} is corrupt (entry {number} is not a 64-hex digest with an "
-                                  f"object); {fix}")
-        return cls(path, data["files"])
+        version = data.get("version")
+        if version not in READABLE:
+            raise LedgerError(f"ledger {name}: unsupported version (expected one of {', '.join(map(str, READABLE))})")
+        files = {}
+        for number, (key, entry) in enumerate(data["files"].items(), start=1):
+            if version == 1 and isinstance(key, str) and _V1_DIGEST.fullmatch(key):
+                key = SHA256_KEY + key
+            if not isinstance(entry, dict) or not _KEY.fullmatch(key):
+                expected = "a 64-hex digest" if version == 1 else "a content key (sha256:... or hdfs-...:...)"
+                raise LedgerError(f"ledger {name} is corrupt (entry {number} is not {expected} with an object); {fix}")
+            files[key] = entry
+        if version == 1 and files:
+            log.info("ledger %s: version 1 (%d SHA-256 entries) read as version 2; saved as version 2 when next "
+                     "written", name, len(files))
+        return cls(path, files)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __contains__(self, digest: str) -> bool:
-        return digest in self.files
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
 
-    def is_known(self, digest: str) -> bool:
-        return digest in self.files
+    def is_known(self, key: str) -> bool:
+        return key in self.files
 
-    def record(self, digest: str, path: str, size: int, run_id: str | None, first_seen: str | None = None) -> bool:
-        """Remember ``digest``; a digest already known keeps its first entry. True if it was new."""
-        if digest in self.files:
+    def record(self, key: str, path: str, size: int, run_id: str | None, first_seen: str | None = None) -> bool:
+        """Remember the content key ``key``; a key already known keeps its first entry. True if it was new."""
+        if key in self.files:
             return False
-        self.files[digest] = {
+        self.files[key] = {
             "path": path,
             "size": int(size),
             "first_seen": first_seen or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -118,8 +140,9 @@ def settled(before: Stamp, after: Stamp, now_ns: int, settle_seconds: float, rea
     """Whether a landed file may be taken: the settling rule of the nightly scan, for every filesystem.
 
     ``before`` and ``after`` are the file's (size, mtime in ns) read just before and just after it
-    was hashed, ``now_ns`` the clock (ns since the epoch) when ``before`` was read, ``read`` the
-    number of bytes hashed (None: not hashed yet), ``writing`` whether the filesystem reports the
+    was hashed (its content key computed), ``now_ns`` the clock (ns since the epoch) when ``before``
+    was read, ``read`` the number of bytes hashed (None: not hashed yet, or a key computed without
+    reading the file, an HDFS checksum), ``writing`` whether the filesystem reports the
     file still open for writing (HDFS does; a local filesystem cannot tell). Settled when all hold:
 
     - it was last modified at least ``settle_seconds`` before ``now_ns`` (0: no age is required, so
@@ -153,22 +176,28 @@ def _not_settled(path: str, before: Stamp, after: Stamp, now_ns: int, settle_sec
             f"settle_seconds {settle_seconds:g})")
 
 
-def hash_if_settled(path: str, stamp, sha256, settle_seconds: float, writing=None,
-                    clock=time.time_ns) -> tuple[str, int] | None:
-    """(SHA-256 hex digest, size) of the landed file ``path`` if it has settled (see settled);
-    else None, after logging one line with why, its age and the setting.
+def key_if_settled(path: str, stamp, content_key, settle_seconds: float, writing=None,
+                   clock=time.time_ns, before: Stamp | None = None) -> tuple[str, int] | None:
+    """(content key, size) of the landed file ``path`` if it has settled (see settled); else
+    None, after logging one line with why, its age and the setting.
 
-    ``stamp()`` reads the file's (size, mtime_ns); ``sha256()`` hashes its content and returns
-    (hex digest, bytes read); ``writing()``, when the filesystem can tell, whether the file is
-    still open for writing. A file too young is not hashed at all. Their errors (OSError,
-    HdfsError) go to the caller.
+    ``stamp()`` reads the file's (size, mtime_ns); ``content_key()`` returns (its content key,
+    bytes read to compute it, or None when nothing was read: an HDFS checksum; it raises
+    paths.StillBeingWritten for a file it can tell is open for writing); ``writing()``, when the
+    filesystem can tell, whether the file is still open for writing once the key is computed;
+    ``before``, the file's stamp when the caller has just read it (else ``stamp()`` is called). A
+    file too young gets no key at all. Their other errors (OSError, HdfsError) go to the caller.
     """
-    before = stamp()
+    before = stamp() if before is None else before
     now = clock()
     if not settled(before, before, now, settle_seconds):
         log.info(_not_settled(path, before, before, now, settle_seconds))
         return None
-    digest, read = sha256()
+    try:
+        digest, read = content_key()
+    except StillBeingWritten:
+        log.info(_not_settled(path, before, before, clock(), settle_seconds, writing=True))
+        return None
     after = stamp()
     still_writing = bool(writing and writing())
     if not settled(before, after, now, settle_seconds, read, still_writing):
@@ -182,9 +211,15 @@ def sha256_file(path: str) -> str:
     return LocalFS().sha256(path)[0]
 
 
+def local_key(path: str) -> str:
+    """The content key of a local file (``sha256:<hex>``), as the scan records it."""
+    return LocalFS().content_key(path)[0]
+
+
 def list_root(root: str, exclude: list[str] | tuple[str, ...] = (),
               settle_seconds: float = settings.DEFAULT_SETTLE_SECONDS, allowed=None) -> list[dict]:
-    """The settled images under one landing root, hashed: [{"path", "folder", "digest", "size"}].
+    """The settled images under one landing root with their content keys (``digest``, see
+    paths.LocalFS/HdfsFS.content_key): [{"path", "folder", "digest", "size"}].
 
     Local or ``hdfs://`` (kmeans_ops.paths.filesystem), with the same rules: walked recursively
     without following folder symlinks; hidden files and folders (name starting with '.', e.g.
@@ -225,8 +260,8 @@ def list_root(root: str, exclude: list[str] | tuple[str, ...] = (),
                 st = fs.stat(path)
                 if st is None or st.is_dir:
                     continue
-                taken = hash_if_settled(path, lambda: _stamp(fs, path), lambda: fs.sha256(path), settle_seconds,
-                                        lambda: fs.writing(path))
+                taken = key_if_settled(path, lambda: _stamp(fs, path), lambda: fs.content_key(path), settle_seconds,
+                                       lambda: fs.writing(path), before=(st.size, st.mtime_ns))
             except (OSError, HdfsError) as err:
                 log.warning("cannot read %s: %s (skipped)", shown(path), getattr(err, "strerror", None) or err)
                 continue
@@ -273,6 +308,48 @@ def new_files(found: list[dict], ledger: Ledger) -> list[dict]:
         seen.add(digest)
         new.append(item)
     return new
+
+
+def adopt_legacy(found: list[dict], ledger: Ledger) -> int:
+    """Carry the entries of a version 1 ledger over to HDFS checksum keys; returns how many.
+
+    A version 1 ledger keyed HDFS files by the SHA-256 of their bytes (read through WebHDFS); the
+    scan now keys them by their HDFS checksum. For each file of ``found`` whose key is not
+    ``sha256:`` and not known, and whose size equals that of a ``sha256:`` entry first seen on
+    ``hdfs://`` (an old HDFS entry), the file is read once to compute its SHA-256; if that is a
+    known entry, the new key is recorded with the old entry's fields (plus ``"sha256"``, the old
+    key), so the file is known. Files of sizes no old HDFS entry still unmatched has are not read;
+    once every old HDFS entry has been matched, nothing is read any more (an old entry whose file
+    is gone keeps costing one read of each new file of exactly its size, until that file is
+    recorded). The old entries stay. The caller saves the ledger (not in a dry run).
+    """
+    from .paths import filesystem
+
+    matched = {entry.get("sha256") for entry in ledger.files.values()}
+    sizes = {entry.get("size") for key, entry in ledger.files.items()
+             if key.startswith(SHA256_KEY) and key not in matched
+             and str(entry.get("path", ""))[:7].lower() == "hdfs://"}
+    if not sizes:
+        return 0
+    adopted = 0
+    for item in found:
+        if item["digest"].startswith(SHA256_KEY) or ledger.is_known(item["digest"]) or item["size"] not in sizes:
+            continue
+        from .hdfs import HdfsError
+
+        try:
+            digest, read = filesystem(item["path"]).sha256(item["path"])
+        except (OSError, HdfsError) as err:
+            log.warning("cannot read %s to match it with the old ledger entries: %s (taken as new)",
+                        shown(item["path"]), getattr(err, "strerror", None) or err)
+            continue
+        old = ledger.files.get(SHA256_KEY + digest)
+        if old is not None and read == item["size"]:
+            ledger.files[item["digest"]] = {**old, "sha256": SHA256_KEY + digest}
+            adopted += 1
+            log.info("%s: known by its SHA-256 (ledger version 1 entry, first seen as %s); its HDFS checksum "
+                     "key is recorded beside it", shown(item["path"]), shown(str(old.get("path"))))
+    return adopted
 
 
 def record_runs(ledger: Ledger, plans: list[dict], run_exists) -> tuple[int, list[dict]]:

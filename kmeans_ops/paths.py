@@ -4,8 +4,8 @@ DAG param may name it.
 - **One choice by URI** (as mrjob's composite filesystem): :func:`filesystem` returns
   :class:`LocalFS` for a local path and :class:`HdfsFS` for an ``hdfs://`` URI (through WebHDFS,
   kmeans_ops.hdfs). Both offer the same few operations (stat, list, glob, walk, read in chunks, a
-  local copy to decode), so ingest, reconstruction, input expansion and the nightly scan are
-  written once, with no branch on the scheme.
+  content key, a local copy to decode), so ingest, reconstruction, input expansion and the nightly
+  scan are written once, with no branch on the scheme.
 - **Resolution**: a local path is made absolute with ``~`` expanded and every symlink and ``..``
   resolved (``os.path.realpath``); an ``hdfs://`` URI has its path normalised (``..``, ``.``,
   doubled slashes). HDFS I/O always goes to the NameNode of the WebHDFS connection, so the host in
@@ -18,6 +18,7 @@ DAG param may name it.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import logging
@@ -41,6 +42,10 @@ CHUNK = 1 << 20
 #: Linux's PATH_MAX and NAME_MAX (bytes): a longer path param is refused before it reaches the OS.
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255  # bytes read at a time when hashing
+
+
+class StillBeingWritten(OSError):
+    """The file is still open for writing, so it has no content key yet (HDFS: "under construction")."""
 
 
 class PathNotAllowed(ParamError):
@@ -79,6 +84,13 @@ def within(path: str, folders) -> bool:
         if not is_hdfs(real) and _inside(real, resolve(folder), os.sep):
             return True
     return False
+
+
+#: The kind prefix of a content key computed by reading the bytes (LocalFS.content_key).
+SHA256_KEY = "sha256:"
+#: ``hdfs-<algorithm>:<checksum hex>``, the key HdfsFS.content_key makes from the NameNode's answer.
+_HDFS_ALGORITHM = re.compile(r"[A-Za-z0-9-]{1,64}")
+_HEX = re.compile(r"[0-9a-fA-F]{1,256}")
 
 
 def sha256_chunks(chunks) -> tuple[str, int]:
@@ -124,6 +136,12 @@ class LocalFS:
         """(SHA-256 hex digest, bytes read) of the content, read in chunks (never held in memory)."""
         with open(path, "rb") as handle:
             return sha256_chunks(iter(lambda: handle.read(CHUNK), b""))
+
+    def content_key(self, path: str) -> tuple[str, int | None]:
+        """(content key, bytes read): ``sha256:<hex digest>`` of the bytes, read in chunks. Same
+        bytes, same key; the ledger of the nightly scan is keyed by it."""
+        digest, read = self.sha256(path)
+        return SHA256_KEY + digest, read
 
     def writing(self, path: str) -> bool:
         """Whether the file is still open for writing: a local filesystem cannot tell."""
@@ -197,6 +215,41 @@ class HdfsFS:
                 return sha256_chunks(reader)
 
         return self.hdfs.call("read", path, read)
+
+    def content_key(self, uri: str) -> tuple[str, int | None]:
+        """(content key, None: no byte of the file is read here): the file checksum HDFS keeps,
+        WebHDFS GETFILECHECKSUM, as ``hdfs-<algorithm>:<checksum hex>``.
+
+        The DataNodes combine the CRCs they already store for each chunk; only the checksum (28
+        bytes) reaches this process. What the key depends on is in the algorithm's name, so keys of
+        different kinds never compare equal: Hadoop 3.5's WebHDFS always answers
+        ``MD5-of-<n>MD5-of-<b>CRC32C`` (the DataNode's WebHdfsHandler calls DFSClient.getFileChecksum,
+        which is hard-wired to MD5MD5CRC whatever ``dfs.checksum.combine.mode`` says): an MD5 of the
+        per-block MD5s of the CRC32C of every ``b``-byte chunk, ``n`` the chunks per block. A file
+        smaller than its block size (every image with HDFS's 128 MB default) has ``n`` = 0 and a key
+        that depends only on its bytes, ``b`` and the CRC type; a file of several blocks also on its
+        block size (two copies written with different block sizes have different keys: processed
+        again, never wrongly skipped). A COMPOSITE-CRC answer (32 bits, for servers that honour the
+        setting, e.g. HttpFS) gets the file's length appended (``...:<crc>:<length>``).
+        A file still being written has no checksum: StillBeingWritten."""
+        from .hdfs import HdfsError
+
+        path = self.path(uri)
+        try:
+            checksum = self.hdfs.checksum(path)
+        except HdfsError as err:
+            if "is under construction" in str(err):
+                raise StillBeingWritten(errno.EBUSY, "still open for writing", uri) from None
+            raise
+        algorithm, value = str(checksum.get("algorithm", "")), str(checksum.get("bytes", ""))
+        if not _HDFS_ALGORITHM.fullmatch(algorithm) or not _HEX.fullmatch(value):
+            raise HdfsError(f"HDFS checksum {shown(path)}: unexpected answer (algorithm {shown(algorithm[:80])}, "
+                            f"{len(value)} characters)")
+        key = f"hdfs-{algorithm.lower()}:{value.lower()}"
+        if algorithm.upper().startswith("COMPOSITE-"):
+            st = self.stat(uri)
+            key += f":{st.size if st else 0}"
+        return key, None
 
     def writing(self, uri: str) -> bool:
         """Whether the NameNode still has the file open for writing ("under construction"). Only

@@ -162,15 +162,16 @@ def test_dag_on_yarn_with_data_in_hdfs(hadoop, airflow_db, photos, tmp_path):
 
 
 def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
-    """The nightly scan lists and hashes images on HDFS like local ones: a copy is not new. Files
-    just written have not settled (default settle_seconds, 300 s); a file still being uploaded is
-    never taken, whatever settle_seconds: HDFS lists it at length 0 with its creation time, so only
-    the bytes read and the NameNode's "under construction" give it away. Once closed, it is taken."""
-    import hashlib
+    """The nightly scan lists images on HDFS like local ones, keyed by their HDFS checksum: a copy
+    is not new. Files just written have not settled (default settle_seconds, 300 s); a file still
+    being uploaded is never taken, whatever settle_seconds: HDFS lists it at length 0 with its
+    creation time, so only the NameNode's "under construction" gives it away (and it has no
+    checksum yet). Once closed, it is taken, with the key of its whole content."""
     import threading
     import time
 
     from kmeans_ops import ledger as L
+    from kmeans_ops.paths import HdfsFS
 
     client = hdfs()
     root = client.home() + "/test-landing"
@@ -185,7 +186,7 @@ def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
         assert L.scan([uri]) == []  # just written: not settled yet
         found = L.scan([uri], settle_seconds=0)
         assert [f["path"] for f in found] == [f"{uri}/day1/{n}" for n in ("coffee.png", "copy-of-coffee.png")]
-        assert found[0]["digest"] == L.sha256_file(str(photos / "coffee.png"))
+        assert found[0]["digest"].startswith("hdfs-") and found[0]["digest"] == found[1]["digest"]  # the checksum
         assert found[0]["size"] == (photos / "coffee.png").stat().st_size
         ledger = L.Ledger.load(str(tmp_path / "ledger.json"))
         assert len(L.new_files(found, ledger)) == 1  # the copy is the same content
@@ -214,7 +215,9 @@ def test_nightly_ledger_scans_an_hdfs_landing_root(hadoop, photos, tmp_path):
                 release.set()
                 upload.join()
             taken = {f["path"]: f for f in L.scan([uri], settle_seconds=0)}[f"{uri}/day1/uploading.png"]
-            assert taken["digest"] == hashlib.sha256(png).hexdigest() and taken["size"] == len(png)
+            assert taken["size"] == len(png) and L.new_files([taken], ledger) == [taken]
+            client.write_bytes(root + "/.whole.png", png)  # the same bytes written at once: the same key
+            assert taken["digest"] == HdfsFS(client).content_key(f"{uri}/.whole.png")[0]
     finally:
         client.delete(root)
 

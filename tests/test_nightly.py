@@ -134,15 +134,16 @@ def config(monkeypatch, tmp_path):
 
 
 def test_ledger_round_trip_and_missing_file(tmp_path):
+    A = "sha256:" + "a" * 64
     path = tmp_path / "sub" / "ledger.json"
     ledger = L.Ledger.load(str(path))
     assert len(ledger) == 0 and not path.exists()
-    assert ledger.record("a" * 64, "/x/a.jpg", 10, "run1")
-    assert not ledger.record("a" * 64, "/y/renamed.jpg", 10, "run2")  # first entry kept
+    assert ledger.record(A, "/x/a.jpg", 10, "run1")
+    assert not ledger.record(A, "/y/renamed.jpg", 10, "run2")  # first entry kept
     ledger.save()
     again = L.Ledger.load(str(path))
-    assert again.is_known("a" * 64) and not again.is_known("b" * 64)
-    entry = again.files["a" * 64]
+    assert again.is_known(A) and not again.is_known("sha256:" + "b" * 64)
+    entry = again.files[A]
     assert entry["path"] == "/x/a.jpg" and entry["size"] == 10 and entry["run_id"] == "run1" and entry["first_seen"]
     assert [n for n in os.listdir(path.parent)] == ["ledger.json"]  # no temporary file left
 
@@ -193,7 +194,7 @@ def test_scan_hashes_filters_and_dedups(tmp_path):
 
     for f in found:
         data = open(f["path"], "rb").read()
-        assert f["digest"] == hashlib.sha256(data).hexdigest() and f["size"] == len(data)
+        assert f["digest"] == "sha256:" + hashlib.sha256(data).hexdigest() and f["size"] == len(data)
         assert f["folder"] == os.path.dirname(f["path"])
 
     ledger = L.Ledger(str(tmp_path / "ledger.json"))
@@ -207,16 +208,17 @@ def test_scan_hashes_filters_and_dedups(tmp_path):
 
 
 def test_record_runs_only_records_existing_runs(tmp_path):
+    K1, K2 = "sha256:" + "1" * 64, "hdfs-md5-of-0md5-of-512crc32c:" + "2" * 64  # both kinds of key
     ledger = L.Ledger(str(tmp_path / "ledger.json"))
     plans = [
-        {"trigger_run_id": "ok", "files": [{"path": "/a/x.jpg", "digest": "1" * 64, "size": 1},
-                                           {"path": "/a/y.jpg", "digest": "2" * 64, "size": 2}]},
-        {"trigger_run_id": "failed", "files": [{"path": "/b/z.jpg", "digest": "3" * 64, "size": 3}]},
+        {"trigger_run_id": "ok", "files": [{"path": "/a/x.jpg", "digest": K1, "size": 1},
+                                           {"path": "/a/y.jpg", "digest": K2, "size": 2}]},
+        {"trigger_run_id": "failed", "files": [{"path": "/b/z.jpg", "digest": "sha256:" + "3" * 64, "size": 3}]},
     ]
     recorded, missing = L.record_runs(ledger, plans, lambda run_id: run_id == "ok")
     assert recorded == 2 and [p["trigger_run_id"] for p in missing] == ["failed"]
     saved = L.Ledger.load(ledger.path)
-    assert set(saved.files) == {"1" * 64, "2" * 64} and saved.files["1" * 64]["run_id"] == "ok"
+    assert set(saved.files) == {K1, K2} and saved.files[K1]["run_id"] == "ok"
     assert L.record_runs(saved, plans[:1], lambda run_id: True) == (0, [])  # already known: nothing new
 
 
@@ -266,15 +268,15 @@ def test_a_file_written_while_hashed_is_not_taken(tmp_path):
             handle.write(b"\0" * 4096)
         written.set()
 
-    def sha256_while_written():
+    def key_while_written():
         hashing.set()
         assert written.wait(30)
-        return LocalFS().sha256(str(path))
+        return LocalFS().content_key(str(path))
 
     thread = threading.Thread(target=writer)
     thread.start()
     with LogLines() as lines:
-        taken = L.hash_if_settled(str(path), lambda: L._stamp(LocalFS(), str(path)), sha256_while_written, 300)
+        taken = L.key_if_settled(str(path), lambda: L._stamp(LocalFS(), str(path)), key_while_written, 300)
     thread.join()
     assert taken is None
     assert len(lines) == 1 and str(path) in lines[0] and "changed while being hashed" in lines[0]
@@ -282,8 +284,9 @@ def test_a_file_written_while_hashed_is_not_taken(tmp_path):
 
     landed_ago(HOUR, path)  # the writer is done: an hour later, it has settled
     with LogLines() as lines:
-        taken = L.hash_if_settled(str(path), lambda: L._stamp(LocalFS(), str(path)), lambda: LocalFS().sha256(str(path)), 300)
-    assert taken == (L.sha256_file(str(path)), path.stat().st_size) and lines == []
+        taken = L.key_if_settled(str(path), lambda: L._stamp(LocalFS(), str(path)), lambda: LocalFS().content_key(str(path)), 300)
+    assert taken == (L.local_key(str(path)), path.stat().st_size) and lines == []
+    assert taken[0] == "sha256:" + L.sha256_file(str(path))
 
 
 def test_scan_skips_a_file_growing_during_the_scan(tmp_path):
@@ -319,7 +322,7 @@ def test_scan_skips_a_file_growing_during_the_scan(tmp_path):
 
     found = L.scan([str(land)], settle_seconds=0)
     assert [f["path"] for f in found] == [str(steady), str(growing)]
-    assert found[1]["size"] == growing.stat().st_size and found[1]["digest"] == L.sha256_file(str(growing))
+    assert found[1]["size"] == growing.stat().st_size and found[1]["digest"] == L.local_key(str(growing))
 
 
 def test_scan_leaves_young_files_unhashed_and_logs_them(tmp_path):
@@ -535,8 +538,8 @@ def test_a_file_being_written_is_taken_once_complete_and_settled(airflow_db, con
     import hashlib
 
     entries = L.Ledger.load(str(config.ledger)).files
-    assert entries[hashlib.sha256(png).hexdigest()]["size"] == len(png)  # the whole file, once
-    assert hashlib.sha256(png[: len(png) // 3]).hexdigest() not in entries and len(entries) == 2
+    assert entries["sha256:" + hashlib.sha256(png).hexdigest()]["size"] == len(png)  # the whole file, once
+    assert "sha256:" + hashlib.sha256(png[: len(png) // 3]).hexdigest() not in entries and len(entries) == 2
     assert nightly() == ("success", [], NOTHING_NEW)
 
 
@@ -569,3 +572,259 @@ def test_bad_settle_seconds_fails_the_run_naming_it(airflow_db, config):
 
     with pytest.raises(ParamValidationError, match="settle_seconds"):
         run_dag("kmeans_nightly", {"settle_seconds": -1})
+
+
+# --- content keys: SHA-256 for local files, the HDFS checksum on HDFS; version 1 ledgers -------
+
+
+class Received:
+    """Bytes this process receives on its sockets while in use (``with Received() as got:``,
+    then ``got.bytes``): socket.socket's recv and recv_into, which urllib3 (WebHDFS) reads
+    through, counted and passed on unchanged. ``/proc/self/io`` rchar would not do: the kernel
+    counts read(2) there, not recv(2) on a socket."""
+
+    def __enter__(self):
+        import socket
+
+        self.bytes, self._saved = 0, (socket.socket.recv, socket.socket.recv_into)
+        recv, recv_into = self._saved
+
+        def counted_recv(sock, *args):
+            data = recv(sock, *args)
+            self.bytes += len(data)
+            return data
+
+        def counted_recv_into(sock, *args):
+            n = recv_into(sock, *args)
+            self.bytes += n
+            return n
+
+        socket.socket.recv, socket.socket.recv_into = counted_recv, counted_recv_into
+        return self
+
+    def __exit__(self, *exc):
+        import socket
+
+        socket.socket.recv, socket.socket.recv_into = self._saved
+
+
+def test_a_version_1_ledger_is_read_as_sha256_keys(tmp_path):
+    """A ledger written before content keys had kinds (version 1, bare SHA-256 digests) loads with
+    every entry as a ``sha256:`` key: a local file recorded then is still known; saved, it is
+    version 2. A bare digest in a version 2 ledger is corrupt."""
+    land = tmp_path / "land"
+    (photo,) = write_samples(str(land), names=["coffee.png"])
+    path = tmp_path / "ledger.json"
+    entry = {"path": photo, "size": os.path.getsize(photo), "first_seen": "2025-01-01T02:00:00+00:00", "run_id": "r1"}
+    path.write_text(json.dumps({"version": 1, "files": {L.sha256_file(photo): entry}}))
+    ledger = L.Ledger.load(str(path))
+    assert set(ledger.files) == {L.local_key(photo)} and ledger.files[L.local_key(photo)] == entry
+    found = L.scan([str(land)], settle_seconds=0)
+    assert [f["digest"] for f in found] == [L.local_key(photo)] and L.new_files(found, ledger) == []
+    assert L.adopt_legacy(found, ledger) == 0  # local files need nothing
+    ledger.save()
+    saved = json.loads(path.read_text())
+    assert saved["version"] == 2 and list(saved["files"]) == [L.local_key(photo)]
+    path.write_text(json.dumps({"version": 2, "files": {L.sha256_file(photo): entry}}))
+    with pytest.raises(L.LedgerError, match="entry 1 is not a content key"):
+        L.Ledger.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def dev_hdfs():
+    """The running dev cluster's HDFS (never started here: skipped when it does not answer) and a
+    fresh folder on it, removed afterwards."""
+    import uuid
+
+    from kmeans_ops.hdfs import Hdfs
+
+    try:
+        client = Hdfs(retries=0)
+        client.exists("/")
+    except Exception as err:  # noqa: BLE001 - whatever stops it answering
+        pytest.skip(f"dev HDFS not answering ({err}); it is started by bin/hadoop-dev up")
+    root = f"{client.home()}/test-ledger-{uuid.uuid4().hex[:8]}"
+    client.makedirs(root)
+    yield client, root
+    client.delete(root)
+
+
+def hdfs_write(client, path: str, data: bytes, blocksize: int | None = None) -> str:
+    """Create ``path`` with ``data`` (and a block size, when given); returns its hdfs:// URI."""
+    client.call("write", path, client.client.write, path, data=data, overwrite=True, blocksize=blocksize)
+    return f"hdfs://127.0.0.1:8020{path}"
+
+
+MB = 1 << 20
+
+
+def test_hdfs_content_key_is_the_file_checksum_and_reads_no_byte(dev_hdfs):
+    """On HDFS the key is the NameNode's file checksum: same bytes, same key, whatever block size
+    the file was written with as long as it fits in one block (an image: HDFS's default is 128 MB);
+    one byte changed, another key; the kind in the prefix. Computing it reads almost nothing (the
+    checksum, the HTTP exchange), where SHA-256 through WebHDFS reads every byte. For a file of
+    several blocks the key is that of the algorithm the server answers: Hadoop 3.5's WebHDFS
+    answers MD5-of-MD5-of-CRC32C, whose name holds the chunks per block, so different block
+    sizes give different keys (processed again, never wrongly skipped); a COMPOSITE-CRC answer
+    would give the same key."""
+    from kmeans_ops.paths import HdfsFS
+
+    client, root = dev_hdfs
+    fs = HdfsFS(client)
+    image = write_samples_bytes("china.jpg")  # 196 kB, a real photo
+    changed = image[:1000] + bytes([image[1000] ^ 1]) + image[1001:]
+    small = {bs: hdfs_write(client, f"{root}/keys/china-{bs}.jpg", image, bs) for bs in (MB, 2 * MB, None)}
+    other = hdfs_write(client, f"{root}/keys/changed.jpg", changed)
+
+    keys = {bs: fs.content_key(uri) for bs, uri in small.items()}
+    assert all(read is None for _, read in keys.values())  # nothing read to compute them
+    key = keys[None][0]
+    assert {k for k, _ in keys.values()} == {key}, keys  # three block sizes, one key
+    assert key.startswith("hdfs-") and not key.startswith("sha256:")
+    assert fs.content_key(other)[0] != key and fs.content_key(other)[0].split(":")[0] == key.split(":")[0]
+    with Received() as checksum:
+        fs.content_key(small[None])
+    with Received() as sha:
+        assert fs.sha256(small[None])[1] == len(image)
+    assert 0 < checksum.bytes < 4_000 < len(image) <= sha.bytes, (checksum.bytes, sha.bytes)
+
+    big = os.urandom(3 * MB + 5)  # 3 blocks of 1 MB, 2 of 2 MB, 1 of 128 MB
+    big_keys = {bs: fs.content_key(hdfs_write(client, f"{root}/keys/big-{bs}.bin", big, bs))[0]
+                for bs in (MB, 2 * MB, None)}
+    if all(k.startswith("hdfs-composite-") for k in big_keys.values()):
+        assert len(set(big_keys.values())) == 1, big_keys
+    else:  # MD5-of-<chunks per block>MD5-of-512CRC32C: the block size is in the algorithm's name
+        assert big_keys[None].startswith("hdfs-md5-of-0md5-of-512crc32c:"), big_keys
+        assert big_keys[MB].startswith("hdfs-md5-of-2048md5-of-512crc32c:"), big_keys
+        assert len(set(big_keys.values())) == 3, big_keys
+
+
+def test_hdfs_scan_keys_by_checksum_and_a_local_copy_is_another_kind(dev_hdfs, tmp_path):
+    """The scan of an HDFS landing root keys its files by checksum: a copy under another name is
+    not new, a changed file is; the ledger round-trips the keys. The same photo in a local landing
+    root has a sha256: key: known once per kind of filesystem."""
+    client, root = dev_hdfs
+    png, jpg = write_samples_bytes("coffee.png"), write_samples_bytes("china.jpg")
+    uri = hdfs_write(client, f"{root}/scan/a/coffee.png", png).rsplit("/scan/", 1)[0] + "/scan"
+    hdfs_write(client, f"{root}/scan/a/renamed-copy.png", png, 2 * MB)
+    hdfs_write(client, f"{root}/scan/b/china.jpg", jpg)
+    found = L.scan([uri], settle_seconds=0)
+    assert [f["path"] for f in found] == [f"{uri}/a/coffee.png", f"{uri}/a/renamed-copy.png", f"{uri}/b/china.jpg"]
+    assert found[0]["digest"] == found[1]["digest"] != found[2]["digest"]
+    assert all(f["digest"].startswith("hdfs-") and f["size"] in (len(png), len(jpg)) for f in found)
+    ledger = L.Ledger(str(tmp_path / "ledger.json"))
+    new = L.new_files(found, ledger)
+    assert [f["path"] for f in new] == [f"{uri}/a/coffee.png", f"{uri}/b/china.jpg"]
+    for f in new:
+        ledger.record(f["digest"], f["path"], f["size"], "r1")
+    ledger.save()
+    ledger = L.Ledger.load(ledger.path)
+    hdfs_write(client, f"{root}/scan/b/china.jpg", jpg[:-1] + b"\0")  # changed in place
+    again = L.scan([uri], settle_seconds=0)
+    assert [f["path"] for f in L.new_files(again, ledger)] == [f"{uri}/b/china.jpg"]
+
+    local = tmp_path / "land"
+    local.mkdir()
+    (local / "coffee.png").write_bytes(png)
+    (mine,) = L.scan([str(local)], settle_seconds=0)
+    assert mine["digest"].startswith("sha256:") and not ledger.is_known(mine["digest"])
+
+
+def test_hdfs_files_of_a_version_1_ledger_are_adopted_once(dev_hdfs, tmp_path):
+    """A version 1 ledger recorded HDFS files by SHA-256. The first scan after the upgrade reads
+    those files once (only those whose size matches an old HDFS entry) and records their checksum
+    key beside the old entry: they are not redone; a new file of another size is not read at all;
+    the next scan reads nothing."""
+    import hashlib
+
+    client, root = dev_hdfs
+    png, jpg = write_samples_bytes("coffee.png"), write_samples_bytes("china.jpg")
+    old = hdfs_write(client, f"{root}/legacy/coffee.png", png)
+    new = hdfs_write(client, f"{root}/legacy/china.jpg", jpg)
+    uri = old.rsplit("/", 1)[0]
+    path = tmp_path / "ledger.json"
+    entry = {"path": old, "size": len(png), "first_seen": "2025-01-01T02:00:00+00:00", "run_id": "nightly__old"}
+    path.write_text(json.dumps({"version": 1, "files": {hashlib.sha256(png).hexdigest(): entry}}))
+    ledger = L.Ledger.load(str(path))
+
+    found = L.scan([uri], settle_seconds=0)
+    with LogLines() as lines, Received() as got:
+        assert L.adopt_legacy(found, ledger) == 1
+    assert len(png) <= got.bytes < len(png) + len(jpg)  # coffee.png read once, china.jpg not
+    assert any("known by its SHA-256" in line and old in line for line in lines), lines
+    assert [f["path"] for f in L.new_files(found, ledger)] == [new]
+    key = {f["path"]: f["digest"] for f in found}[old]
+    assert ledger.files[key] == {**entry, "sha256": "sha256:" + hashlib.sha256(png).hexdigest()}
+    ledger.save()
+
+    ledger = L.Ledger.load(str(path))
+    found = L.scan([uri], settle_seconds=0)
+    with Received() as got:
+        assert L.adopt_legacy(found, ledger) == 0
+    assert got.bytes == 0  # nothing read: the checksum key is known now
+    assert [f["path"] for f in L.new_files(found, ledger)] == [new]
+
+
+def test_an_hdfs_file_being_uploaded_is_not_settled_and_gets_no_key(dev_hdfs):
+    """A file still being uploaded (its first bytes sent, the rest held back) has no checksum yet:
+    the scan logs it once as not settled, "still open for writing" (no "cannot read" warning) and
+    leaves it out; once closed, it is taken with the key of its whole content."""
+    from kmeans_ops.paths import HdfsFS, StillBeingWritten
+
+    client, root = dev_hdfs
+    png = write_samples_bytes("rocket.png")
+    path = f"{root}/uploading/rocket.png"
+    uri = f"hdfs://127.0.0.1:8020{root}/uploading"
+    client.makedirs(f"{root}/uploading")
+    release = threading.Event()
+
+    def body():
+        yield png[: len(png) // 3]
+        release.wait(60)
+        yield png[len(png) // 3:]
+
+    upload = threading.Thread(target=client.client.write, args=(path,), kwargs={"data": body(), "overwrite": True})
+    upload.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not client.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        with pytest.raises(StillBeingWritten):
+            HdfsFS(client).content_key(f"{uri}/rocket.png")
+        with LogLines() as lines:
+            assert L.scan([uri], settle_seconds=0) == []
+    finally:
+        release.set()
+        upload.join()
+    assert len(lines) == 1 and "not settled" in lines[0] and "still open for writing" in lines[0], lines
+    (taken,) = L.scan([uri], settle_seconds=0)
+    whole = hdfs_write(client, f"{root}/whole-rocket.png", png)
+    assert taken["size"] == len(png) and taken["digest"] == HdfsFS(client).content_key(whole)[0]
+
+
+def test_nightly_dag_on_hdfs_with_a_version_1_ledger(airflow_db, config, dev_hdfs):
+    """The real DAG on an HDFS landing root with a version 1 ledger that recorded one of its files
+    by SHA-256: that file is not triggered again, the new one is; the ledger is then version 2,
+    keyed by checksum (the old entry kept beside); the next night reads no file and triggers nothing."""
+    import hashlib
+
+    client, root = dev_hdfs
+    png, jpg = write_samples_bytes("coffee.png"), write_samples_bytes("china.jpg")
+    old = hdfs_write(client, f"{root}/dag/a/coffee.png", png)
+    new = hdfs_write(client, f"{root}/dag/a/china.jpg", jpg)
+    entry = {"path": old, "size": len(png), "first_seen": "2025-01-01T02:00:00+00:00", "run_id": "nightly__old"}
+    config.ledger.parent.mkdir(parents=True)
+    config.ledger.write_text(json.dumps({"version": 1, "files": {hashlib.sha256(png).hexdigest(): entry}}))
+    config.set("kmeans_landing_roots", [old.rsplit("/a/", 1)[0]])
+    config.set("kmeans_ledger_path", str(config.ledger))
+    config.set("kmeans_nightly_defaults", {"k": 4, "settle_seconds": 0})
+
+    state, runs, _ = nightly()
+    assert state == "success" and [r["input"] for r in runs] == [[new]]
+    saved = json.loads(config.ledger.read_text())
+    assert saved["version"] == 2 and len(saved["files"]) == 3  # the old entry, its checksum key, the new file
+    assert all(k.startswith("hdfs-") for k in saved["files"] if k != "sha256:" + hashlib.sha256(png).hexdigest())
+    with Received() as got:
+        assert nightly() == ("success", [], NOTHING_NEW)
+    assert got.bytes < len(jpg)  # keys by checksum: the files are not read
