@@ -1,0 +1,196 @@
+"""Exact bounds for the map step (Hamerly 2010): skip the colours that provably kept their centroid.
+
+The embedded engine maps the same table at every iteration of a run, so it can keep, per colour,
+its label and two bounds between iterations:
+
+- an **upper bound** on the distance to its own centroid and
+- a **lower bound** on the distance to every other centroid (the second nearest).
+
+When the centroids move, the triangle inequality updates both without touching the colour: the
+upper bound grows by its own centroid's shift, the lower bound shrinks by the largest shift of the
+other centroids. While upper < lower the colour is still nearest to its centroid and is not
+looked at. Only the colours whose bounds fail are recomputed: first their exact distance to their
+own centroid (often enough), then, if the bounds still fail, all K distances with the same kernel
+as the full computation (:func:`kmeans_ops.mapreduce.nearest_two`, so the same bits and the same
+tie rule). The per-cluster sums of weighted colours, weights and weighted squared norms are exact
+integers in float64 and are updated only for the colours that changed cluster, so nothing drifts:
+the Partials equal, bit for bit, those of :func:`kmeans_ops.mapreduce.map_block` over the table.
+
+Bookkeeping that keeps each iteration O(K + colours near a boundary), not O(N):
+
+- Bounds are stored relative to per-cluster cumulative drifts (``drift``: the sum of a centroid's
+  shifts; ``lower_drift``: the sum, per cluster, of the largest shift of the other centroids), so a
+  shift updates K numbers, not N. A colour of cluster a fails when its ``gap`` (lower - upper, in
+  that frame) is at most ``drift[a] + lower_drift[a] + MARGIN``: a threshold that only grows.
+- A screen over all colours (one pass) collects the candidates whose gap is within the threshold
+  plus some slack; until a threshold passes its screened limit, only the candidates can fail, and
+  only they are tested.
+
+``MARGIN`` (colour units) absorbs floating-point rounding: a colour is skipped only when its
+bounds separate its two nearest centroids by more than 1e-3 (squared distances 1e-6 apart, far
+above the 1e-10 error of ||c||^2 - 2 x.c), so the full kernel would certainly choose the same
+centroid; colours closer to a tie are always recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .mapreduce import Block, Partials, nearest_two, partials
+
+#: Colour units by which the bounds must separate a colour's two nearest centroids to skip it.
+MARGIN = 1e-3
+#: A screen keeps the candidates whose gap is within this many times the last growth of the threshold.
+SLACK = 4.0
+#: Screen again when the candidates are more than this share of the table.
+MAX_CANDIDATES = 0.25
+
+
+@dataclass
+class Bounds:
+    """Map-side state of one table between iterations (kept by the embedded engine)."""
+
+    centroids: np.ndarray  # (K, 3) the centroids the bounds refer to (the last mapped)
+    labels: np.ndarray  # (n,) nearest centroid
+    upper: np.ndarray  # (n,) upper bound on the distance to the own centroid, minus drift[label]
+    gap: np.ndarray  # (n,) lower bound + lower_drift[label] - upper (the stored one)
+    drift: np.ndarray  # (K,) cumulative shift of each centroid
+    lower_drift: np.ndarray  # (K,) cumulative largest shift of the other centroids
+    sums: np.ndarray  # (K, 3) sum of weights * colours per cluster (exact)
+    weights: np.ndarray  # (K,) pixels per cluster (exact)
+    square_sums: np.ndarray  # (K,) sum of weights * ||colour - sq_origin||^2 per cluster (exact)
+    candidates: np.ndarray | None = None  # colours that may fail before a threshold passes limit
+    limit: np.ndarray | None = None  # (K,) the thresholds the candidates were screened for
+    recomputed: int = 0  # colours whose K distances the last step computed
+    tightened: int = 0  # colours whose own distance only the last step computed
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.labels, self.upper, self.gap)) + (
+            0 if self.candidates is None else self.candidates.nbytes)
+
+
+def _cluster_sums(data: Block, labels: np.ndarray, index, k: int):
+    """Per-cluster sums of weighted colours, weights and weighted squared norms of the colours
+    ``index`` (a slice or indices) with ``labels``."""
+    sums = np.empty((k, 3))
+    for channel in range(3):
+        sums[:, channel] = np.bincount(labels, data.weighted_t[channel, index], minlength=k)
+    return sums, np.bincount(labels, data.weights[index], minlength=k), np.bincount(labels, data.weighted_sq[index],
+                                                                                   minlength=k)
+
+
+def _distances(data: Block, index, best: np.ndarray, runner_up: np.ndarray):
+    """Euclidean distances from ``best`` and ``runner_up`` (values ||c||^2 - 2 x.c of the colours
+    ``index``): add ||x||^2, clip rounding below 0."""
+    x = data.centred_t[:3, index]
+    norms = np.einsum("ij,ij->j", x, x)
+    upper = np.sqrt(np.maximum(best + norms, 0.0))
+    lower = np.sqrt(np.maximum(runner_up + norms, 0.0))
+    return upper, lower
+
+
+def start(data: Block, centroids: np.ndarray) -> tuple[Bounds, Partials]:
+    """First map of a table: every distance, exact bounds from them, the sums."""
+    centroids = np.array(centroids, np.float64)
+    k = len(centroids)
+    labels, best, runner_up = nearest_two(data.centred_t, centroids, data.origin)
+    upper, lower = _distances(data, slice(None), best, runner_up)
+    del best, runner_up
+    sums, weights, square_sums = _cluster_sums(data, labels, slice(None), k)
+    lower -= upper
+    state = Bounds(centroids, labels, upper, lower, np.zeros(k), np.zeros(k), sums, weights, square_sums,
+                   recomputed=len(labels))
+    return state, partials(data, centroids, labels, sums.copy(), weights.copy(), square_sums.copy())
+
+
+def other_shift(shift: np.ndarray) -> np.ndarray:
+    """(K,) for each cluster the largest shift of the other centroids."""
+    k = len(shift)
+    if k < 2:
+        return np.zeros(k)
+    first, second = np.argpartition(-shift, 1)[:2]
+    other = np.full(k, shift[first])
+    other[first] = shift[second]
+    return other
+
+
+def separation(centroids: np.ndarray) -> np.ndarray:
+    """(K,) the distance from each centroid to the nearest other one (inf with one centroid)."""
+    diff = centroids[:, None, :] - centroids[None, :, :]
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    np.fill_diagonal(dist, np.inf)
+    return dist.min(axis=1)
+
+
+def _screen(state: Bounds, threshold: np.ndarray, growth: float) -> None:
+    state.limit = threshold + SLACK * growth
+    state.candidates = np.flatnonzero(state.gap <= state.limit[state.labels])
+
+
+def step(data: Block, state: Bounds, centroids: np.ndarray) -> Partials:
+    """Map the table against new ``centroids`` (any, of the state's K), updating ``state``: the
+    same Partials as :func:`kmeans_ops.mapreduce.map_block` on the whole table."""
+    centroids = np.array(centroids, np.float64)
+    k = len(centroids)
+    shift = np.sqrt(np.einsum("ij,ij->i", centroids - state.centroids, centroids - state.centroids))
+    other = other_shift(shift)
+    state.drift += shift
+    state.lower_drift += other
+    threshold = state.drift + state.lower_drift + MARGIN
+    if (state.candidates is None or (threshold > state.limit).any()
+            or len(state.candidates) > MAX_CANDIDATES * len(state)):
+        _screen(state, threshold, float((shift + other).max()))
+    candidates = state.candidates
+    fail = candidates[state.gap[candidates] <= threshold[state.labels[candidates]]]
+    state.recomputed = state.tightened = 0
+    if fail.size:
+        label = state.labels[fail]
+        # Tighten: the exact distance to the own centroid, against the lower bound and against
+        # Hamerly's second one: the distance to any other centroid is at least the distance between
+        # the two centroids minus this one.
+        own = data.centred_t[:3, fail] - (centroids - data.origin)[label].T
+        own = np.sqrt(np.einsum("ij,ij->j", own, own))
+        lower = np.maximum(state.gap[fail] + state.upper[fail] - state.lower_drift[label],
+                           separation(centroids)[label] - own)
+        tight = own + MARGIN < lower
+        upper = own - state.drift[label]
+        state.upper[fail] = upper
+        state.gap[fail] = lower + state.lower_drift[label] - upper
+        state.tightened = int(tight.sum())
+        todo = fail[~tight]
+        if todo.size:
+            _recompute(data, state, centroids, todo)
+    state.centroids = centroids
+    return partials(data, centroids, state.labels, state.sums.copy(), state.weights.copy(), state.square_sums.copy())
+
+
+def _recompute(data: Block, state: Bounds, centroids: np.ndarray, todo: np.ndarray) -> None:
+    """All K distances of the colours ``todo``: new labels and exact bounds; the sums follow the
+    colours that changed cluster."""
+    k = len(centroids)
+    labels, best, runner_up = nearest_two(data.centred_t[:, todo], centroids, data.origin)
+    upper, lower = _distances(data, todo, best, runner_up)
+    old = state.labels[todo]
+    moved = labels != old
+    if moved.any():
+        index = todo[moved]
+        add = _cluster_sums(data, labels[moved], index, k)
+        remove = _cluster_sums(data, old[moved], index, k)
+        state.sums += add[0] - remove[0]
+        state.weights += add[1] - remove[1]
+        state.square_sums += add[2] - remove[2]
+        state.labels[todo] = labels
+    upper -= state.drift[labels]
+    state.upper[todo] = upper
+    state.gap[todo] = lower + state.lower_drift[labels] - upper
+    state.recomputed = len(todo)
