@@ -568,7 +568,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
             image_id = image_id_of(stem)
             try:
                 meta, image, table = ingest(path, image_id, local, params, keep=True)
-                if hasattr(engine, "remember") and not shared:  # a shared palette iterates the union only
+                if not shared:  # a shared palette iterates the union only
                     engine.remember(local, image_id, table)
                 size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
                 if held + size <= KEEP_BYTES:
@@ -593,8 +593,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
                 return 2
             if union is not None:  # one palette for the run: the engine stages (and iterates) its unit alone
                 staged_from = palette.unit_area(local, unit)
-                if hasattr(engine, "remember"):
-                    engine.remember(staged_from, unit, union)
+                engine.remember(staged_from, unit, union)
             del union
         runs = {}
         try:

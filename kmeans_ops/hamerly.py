@@ -34,11 +34,52 @@ centroid; colours closer to a tie are always recomputed.
 
 from __future__ import annotations
 
+import importlib.util
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .mapreduce import Block, Partials, nearest_two, partials
+
+#: Whether step() uses the compiled loops (kmeans_ops._hamerly_jit, Numba) by default; without
+#: Numba the same algorithm runs in NumPy. start() uses NumPy by default: a table mapped once (an
+#: Airflow iteration task) never pays for loading Numba.
+COMPILED = importlib.util.find_spec("numba") is not None
+_jit = None
+_loading: threading.Thread | None = None
+
+
+def _load() -> None:
+    global _jit
+    from . import _hamerly_jit
+
+    # The first call of each loop loads its machine code from Numba's cache (or compiles it once).
+    data = Block(np.ones((4, 2)), np.ones(2), np.ones((3, 2)), np.ones(2), np.zeros(2, np.uint32), np.zeros(3),
+                 np.zeros(3))
+    state, _ = start(data, np.array([[0.0, 0.0, 0.0], [9.0, 9.0, 9.0]]), compiled=True, kernels=_hamerly_jit)
+    step(data, state, np.array([[1.0, 1.0, 1.0], [8.0, 8.0, 8.0]]), compiled=True, kernels=_hamerly_jit)
+    _jit = _hamerly_jit
+
+
+def warm_up() -> None:
+    """Load the compiled loops in a background thread (Numba's import and first calls take about
+    half a second), so that they are ready by the second iteration. Called by the embedded engine
+    when it is given a table it will iterate."""
+    global _loading
+    if COMPILED and _jit is None and _loading is None:
+        _loading = threading.Thread(target=_load, name="kmeans-hamerly-jit", daemon=True)
+        _loading.start()
+
+
+def _kernels():
+    """The compiled loops, loaded (or waited for) now."""
+    if _jit is None:
+        if _loading is not None:
+            _loading.join()
+        if _jit is None:
+            _load()
+    return _jit
 
 #: Colour units by which the bounds must separate a colour's two nearest centroids to skip it.
 MARGIN = 1e-3
@@ -46,6 +87,9 @@ MARGIN = 1e-3
 SLACK = 4.0
 #: Screen again when the candidates are more than this share of the table.
 MAX_CANDIDATES = 0.25
+#: The compiled loops leave to nearest_two the colours whose two nearest squared distances are
+#: closer than this (see kmeans_ops._hamerly_jit).
+TIE = 1e-6
 
 
 @dataclass
@@ -99,18 +143,37 @@ def _distances(data: Block, index, best: np.ndarray, runner_up: np.ndarray):
     return upper, lower
 
 
-def start(data: Block, centroids: np.ndarray) -> tuple[Bounds, Partials]:
+def start(data: Block, centroids: np.ndarray, compiled: bool = False, kernels=None) -> tuple[Bounds, Partials]:
     """First map of a table: every distance, exact bounds from them, the sums."""
     centroids = np.array(centroids, np.float64)
     k = len(centroids)
-    labels, best, runner_up = nearest_two(data.centred_t, centroids, data.origin)
-    upper, lower = _distances(data, slice(None), best, runner_up)
-    del best, runner_up
-    sums, weights, square_sums = _cluster_sums(data, labels, slice(None), k)
-    lower -= upper
-    state = Bounds(centroids, labels, upper, lower, np.zeros(k), np.zeros(k), sums, weights, square_sums,
-                   recomputed=len(labels))
-    return state, partials(data, centroids, labels, sums.copy(), weights.copy(), square_sums.copy())
+    if compiled:
+        _jit = kernels or _kernels()
+        n = len(data)
+        labels, upper, gap, ties = np.zeros(n, np.intp), np.empty(n), np.empty(n), np.empty(n, np.intp)
+        sums, weights, square_sums = np.zeros((k, 3)), np.zeros(k), np.zeros(k)
+        n_ties = _jit.start(data.centred_t, centroids - data.origin, data.weighted_t, data.weights, data.weighted_sq,
+                            labels, upper, gap, sums, weights, square_sums, ties, TIE)
+        state = Bounds(centroids, labels, upper, gap, np.zeros(k), np.zeros(k), sums, weights, square_sums,
+                       recomputed=n)
+        if n_ties:  # not added to the sums yet: recomputed from "cluster 0" after adding them there
+            ties = ties[:n_ties].copy()
+            add = _cluster_sums(data, labels[ties], ties, k)
+            state.sums += add[0]
+            state.weights += add[1]
+            state.square_sums += add[2]
+            _recompute(data, state, centroids, ties)
+            state.recomputed = n
+    else:
+        labels, best, runner_up = nearest_two(data.centred_t, centroids, data.origin)
+        upper, lower = _distances(data, slice(None), best, runner_up)
+        del best, runner_up
+        sums, weights, square_sums = _cluster_sums(data, labels, slice(None), k)
+        lower -= upper
+        state = Bounds(centroids, labels, upper, lower, np.zeros(k), np.zeros(k), sums, weights, square_sums,
+                       recomputed=len(labels))
+    return state, partials(data, centroids, state.labels, state.sums.copy(), state.weights.copy(),
+                           state.square_sums.copy())
 
 
 def other_shift(shift: np.ndarray) -> np.ndarray:
@@ -137,19 +200,35 @@ def _screen(state: Bounds, threshold: np.ndarray, growth: float) -> None:
     state.candidates = np.flatnonzero(state.gap <= state.limit[state.labels])
 
 
-def step(data: Block, state: Bounds, centroids: np.ndarray) -> Partials:
+def step(data: Block, state: Bounds, centroids: np.ndarray, compiled: bool | None = None, kernels=None) -> Partials:
     """Map the table against new ``centroids`` (any, of the state's K), updating ``state``: the
     same Partials as :func:`kmeans_ops.mapreduce.map_block` on the whole table."""
     centroids = np.array(centroids, np.float64)
-    k = len(centroids)
     shift = np.sqrt(np.einsum("ij,ij->i", centroids - state.centroids, centroids - state.centroids))
     other = other_shift(shift)
     state.drift += shift
     state.lower_drift += other
     threshold = state.drift + state.lower_drift + MARGIN
+    if COMPILED if compiled is None else compiled:
+        _jit = kernels or _kernels()
+        ties = np.empty(len(state), np.intp)
+        state.tightened, state.recomputed, n_ties = _jit.step(
+            data.centred_t, centroids - data.origin, separation(centroids), threshold, state.drift, state.lower_drift,
+            data.weighted_t, data.weights, data.weighted_sq, state.labels, state.upper, state.gap, state.sums,
+            state.weights, state.square_sums, ties, MARGIN, TIE)
+        if n_ties:
+            _recompute(data, state, centroids, ties[:n_ties].copy())
+    else:
+        _step_numpy(data, state, centroids, threshold, float((shift + other).max()))
+    state.centroids = centroids
+    return partials(data, centroids, state.labels, state.sums.copy(), state.weights.copy(), state.square_sums.copy())
+
+
+def _step_numpy(data: Block, state: Bounds, centroids: np.ndarray, threshold: np.ndarray, growth: float) -> None:
+    """step() with whole-array operations over the candidates of the last screen."""
     if (state.candidates is None or (threshold > state.limit).any()
             or len(state.candidates) > MAX_CANDIDATES * len(state)):
-        _screen(state, threshold, float((shift + other).max()))
+        _screen(state, threshold, growth)
     candidates = state.candidates
     fail = candidates[state.gap[candidates] <= threshold[state.labels[candidates]]]
     state.recomputed = state.tightened = 0
@@ -170,8 +249,6 @@ def step(data: Block, state: Bounds, centroids: np.ndarray) -> Partials:
         todo = fail[~tight]
         if todo.size:
             _recompute(data, state, centroids, todo)
-    state.centroids = centroids
-    return partials(data, centroids, state.labels, state.sums.copy(), state.weights.copy(), state.square_sums.copy())
 
 
 def _recompute(data: Block, state: Bounds, centroids: np.ndarray, todo: np.ndarray) -> None:
@@ -193,4 +270,4 @@ def _recompute(data: Block, state: Bounds, centroids: np.ndarray, todo: np.ndarr
     upper -= state.drift[labels]
     state.upper[todo] = upper
     state.gap[todo] = lower + state.lower_drift[labels] - upper
-    state.recomputed = len(todo)
+    state.recomputed += len(todo)
