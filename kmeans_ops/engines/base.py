@@ -45,6 +45,10 @@ class Engine(abc.ABC):
     def discard(self, area: WorkArea) -> None:
         """Remove a run's work area."""
 
+    def release(self, area: WorkArea, image_ids: list[str]) -> None:
+        """The run iterates ``image_ids`` no more (converged or at max_iter): an engine that keeps
+        their tables or bounds in memory drops them. The default keeps nothing."""
+
     def remember(self, area: WorkArea, image_id: str, table) -> None:
         """Offered the colour table just written to ``area``'s points file of ``image_id`` (or a
         shared palette's union), so an engine that keeps tables in memory need not parse the file

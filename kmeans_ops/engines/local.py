@@ -67,6 +67,14 @@ class EmbeddedEngine(Engine):
         self._keep(self._key(area.points(image_id)), table)
         hamerly.warm_up()
 
+    def release(self, area: WorkArea, image_ids: list[str]) -> None:
+        """Drop the tables and bounds of images the run iterates no more."""
+        for image_id in image_ids:
+            path = area.points(image_id)
+            for key in [key for key in self._cache if key[0] == path]:
+                del self._cache[key]
+                self._bounds.pop(key, None)
+
     def _load(self, path: str) -> tuple[tuple, mapreduce.Block]:
         """Parsed points of one file, kept between iterations while the file is unchanged."""
         key = self._key(path)
