@@ -2,7 +2,12 @@
 
 Each loop does, per colour, what the NumPy version does with whole-array operations, without the
 temporary arrays: the bounds test, the exact distance to the own centroid, and for the colours
-whose bounds still fail all K distances, in the exact form sum (x - c)^2. The kernel that decides
+whose bounds still fail all K distances, in the exact form sum (x - c)^2. They keep one more
+bound than NumPy's Hamerly: the runner-up (second nearest) centroid ``runner_up`` with its own
+lower bound, which shrinks by that centroid's shift only, while the lower bound of the others
+(from the third nearest) shrinks by the largest shift of the centroids but the own one. A colour
+near the boundary of its two nearest clusters is then recomputed only when those two clusters
+move, not whenever any centroid does. The kernel that decides
 labels everywhere else (kmeans_ops.mapreduce.nearest_two, BLAS's ||c||^2 - 2 x.c, first minimum
 on a tie) can differ from that form in the last bits, so a colour whose two nearest squared
 distances are within ``tie`` of each other is not decided here: its index is returned and the
@@ -32,28 +37,40 @@ def _move(i, old, new, weighted_t, weights, weighted_sq, sums, cluster_weights, 
     square_sums[new] += weighted_sq[i]
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _three(x0, x1, x2, c):  # pragma: no cover
+    """Squared distances to the nearest, second and third nearest centroids, and the first two's
+    indices (-1 when there is no second)."""
+    best, second, third, label, runner = np.inf, np.inf, np.inf, 0, -1
+    for j in range(c.shape[0]):
+        d0, d1, d2 = x0 - c[j, 0], x1 - c[j, 1], x2 - c[j, 2]
+        d = d0 * d0 + d1 * d1 + d2 * d2
+        if d < best:
+            third, second, best, runner, label = second, best, d, label, j
+        elif d < second:
+            third, second, runner = second, d, j
+        elif d < third:
+            third = d
+    if c.shape[0] < 2:
+        runner = -1
+    return best, second, third, label, runner
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
-def _start(lo, hi, centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, sums, cluster_weights,
-           square_sums, ties, tie):  # pragma: no cover
-    k = c.shape[0]
+def _start(lo, hi, centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, runner_up, gap_runner_up, sums,
+           cluster_weights, square_sums, ties, tie):  # pragma: no cover
     n_ties = 0
     for i in range(lo, hi):
-        x0, x1, x2 = centred_t[0, i], centred_t[1, i], centred_t[2, i]
-        best, second, label = np.inf, np.inf, 0
-        for j in range(k):
-            d0, d1, d2 = x0 - c[j, 0], x1 - c[j, 1], x2 - c[j, 2]
-            d = d0 * d0 + d1 * d1 + d2 * d2
-            if d < best:
-                second, best, label = best, d, j
-            elif d < second:
-                second = d
+        best, second, third, label, runner = _three(centred_t[0, i], centred_t[1, i], centred_t[2, i], c)
         if second - best <= tie:
             ties[lo + n_ties] = i
             n_ties += 1
             continue
         labels[i] = label
+        runner_up[i] = runner
         upper[i] = np.sqrt(best)
-        gap[i] = np.sqrt(second) - upper[i]
+        gap[i] = np.sqrt(third) - upper[i]
+        gap_runner_up[i] = np.sqrt(second) - upper[i]
         for channel in range(3):
             sums[label, channel] += weighted_t[channel, i]
         cluster_weights[label] += weights[i]
@@ -63,30 +80,28 @@ def _start(lo, hi, centred_t, c, weighted_t, weights, weighted_sq, labels, upper
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights, weighted_sq, labels,
-          upper, gap, sums, cluster_weights, square_sums, ties, margin, tie):  # pragma: no cover
-    k = c.shape[0]
+          upper, gap, runner_up, gap_runner_up, sums, cluster_weights, square_sums, ties, margin,
+          tie):  # pragma: no cover
     tightened = recomputed = n_ties = 0
     for i in range(lo, hi):
         a = labels[i]
-        if gap[i] > threshold[a]:
+        b = runner_up[i]
+        if gap[i] > threshold[a] and (b < 0 or gap_runner_up[i] > drift[a] + drift[b] + margin):
             continue
         x0, x1, x2 = centred_t[0, i], centred_t[1, i], centred_t[2, i]
         d0, d1, d2 = x0 - c[a, 0], x1 - c[a, 1], x2 - c[a, 2]
         own = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-        lower = max(gap[i] + upper[i] - lower_drift[a], separation[a] - own)
-        if own + margin < lower:
+        apart = separation[a] - own  # a bound on the distance to every other centroid
+        rest = max(gap[i] + upper[i] - lower_drift[a], apart)
+        near = max(gap_runner_up[i] + upper[i] - drift[b], apart) if b >= 0 else np.inf
+        if own + margin < min(rest, near):
             upper[i] = own - drift[a]
-            gap[i] = lower + lower_drift[a] - upper[i]
+            gap[i] = rest + lower_drift[a] - upper[i]
+            if b >= 0:
+                gap_runner_up[i] = near + drift[b] - upper[i]
             tightened += 1
             continue
-        best, second, label = np.inf, np.inf, 0
-        for j in range(k):
-            d0, d1, d2 = x0 - c[j, 0], x1 - c[j, 1], x2 - c[j, 2]
-            d = d0 * d0 + d1 * d1 + d2 * d2
-            if d < best:
-                second, best, label = best, d, j
-            elif d < second:
-                second = d
+        best, second, third, label, runner = _three(x0, x1, x2, c)
         if second - best <= tie:
             ties[lo + n_ties] = i
             n_ties += 1
@@ -95,8 +110,11 @@ def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weigh
         if label != a:
             _move(i, a, label, weighted_t, weights, weighted_sq, sums, cluster_weights, square_sums)
             labels[i] = label
+        runner_up[i] = runner
         upper[i] = np.sqrt(best) - drift[label]
-        gap[i] = np.sqrt(second) + lower_drift[label] - upper[i]
+        gap[i] = np.sqrt(third) + lower_drift[label] - upper[i]
+        if runner >= 0:
+            gap_runner_up[i] = np.sqrt(second) + drift[runner] - upper[i]
     return tightened, recomputed, n_ties
 
 
@@ -113,8 +131,8 @@ def _gather_ties(ties, counts):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, boundscheck=False, parallel=True)
-def start(centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, sums, cluster_weights, square_sums,
-          ties, tie):  # pragma: no cover
+def start(centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, runner_up, gap_runner_up, sums,
+          cluster_weights, square_sums, ties, tie):  # pragma: no cover
     """Every colour against every centroid ``c`` (centred like ``centred_t``): labels, bounds and
     sums (added to); returns how many colours it left at the front of ``ties`` (their labels,
     bounds and sums are unset). Chunks of colours in parallel threads."""
@@ -125,7 +143,8 @@ def start(centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, su
     for chunk in prange(chunks):
         lo = chunk * CHUNK
         counts[chunk] = _start(lo, min(lo + CHUNK, n), centred_t, c, weighted_t, weights, weighted_sq, labels, upper,
-                               gap, part_sums[chunk], part_weights[chunk], part_squares[chunk], ties, tie)
+                               gap, runner_up, gap_runner_up, part_sums[chunk], part_weights[chunk],
+                               part_squares[chunk], ties, tie)
     for chunk in range(chunks):  # exact integers: the order of the additions does not matter
         sums += part_sums[chunk]
         cluster_weights += part_weights[chunk]
@@ -135,7 +154,7 @@ def start(centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, su
 
 @njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 def step(centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights, weighted_sq, labels, upper, gap,
-         sums, cluster_weights, square_sums, ties, margin, tie):  # pragma: no cover
+         runner_up, gap_runner_up, sums, cluster_weights, square_sums, ties, margin, tie):  # pragma: no cover
     """One iteration's map over the stored bounds (see kmeans_ops.hamerly.step), chunks of colours
     in parallel threads; returns (colours tightened, colours recomputed, colours left at the front
     of ``ties``: still to be recomputed by the caller)."""
@@ -147,8 +166,8 @@ def step(centred_t, c, separation, threshold, drift, lower_drift, weighted_t, we
         lo = chunk * CHUNK
         tightened, recomputed, n_ties = _step(
             lo, min(lo + CHUNK, n), centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights,
-            weighted_sq, labels, upper, gap, part_sums[chunk], part_weights[chunk], part_squares[chunk], ties, margin,
-            tie)
+            weighted_sq, labels, upper, gap, runner_up, gap_runner_up, part_sums[chunk], part_weights[chunk],
+            part_squares[chunk], ties, margin, tie)
         counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = tightened, recomputed, n_ties
     for chunk in range(chunks):
         sums += part_sums[chunk]

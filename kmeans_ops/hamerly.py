@@ -42,9 +42,9 @@ import numpy as np
 
 from .mapreduce import Block, Partials, nearest_two, partials
 
-#: Whether step() uses the compiled loops (kmeans_ops._hamerly_jit, Numba) by default; without
-#: Numba the same algorithm runs in NumPy. start() uses NumPy by default: a table mapped once (an
-#: Airflow iteration task) never pays for loading Numba.
+#: Whether Numba is there for the compiled loops (kmeans_ops._hamerly_jit). By default step() uses
+#: them once they are loaded (in the background, see warm_up), NumPy until then or without Numba;
+#: start() uses NumPy: a table mapped once (an Airflow iteration task) never pays for loading Numba.
 COMPILED = importlib.util.find_spec("numba") is not None
 _jit = None
 _loading: threading.Thread | None = None
@@ -105,6 +105,8 @@ class Bounds:
     sums: np.ndarray  # (K, 3) sum of weights * colours per cluster (exact)
     weights: np.ndarray  # (K,) pixels per cluster (exact)
     square_sums: np.ndarray  # (K,) sum of weights * ||colour - sq_origin||^2 per cluster (exact)
+    runner_up: np.ndarray | None = None  # (n,) compiled loops: the second nearest centroid, or -1
+    gap_runner_up: np.ndarray | None = None  # (n,) its lower bound + drift[runner_up] - upper
     candidates: np.ndarray | None = None  # colours that may fail before a threshold passes limit
     limit: np.ndarray | None = None  # (K,) the thresholds the candidates were screened for
     recomputed: int = 0  # colours whose K distances the last step computed
@@ -119,8 +121,8 @@ class Bounds:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.labels, self.upper, self.gap)) + (
-            0 if self.candidates is None else self.candidates.nbytes)
+        return sum(a.nbytes for a in (self.labels, self.upper, self.gap, self.runner_up, self.gap_runner_up,
+                                      self.candidates) if a is not None)
 
 
 def _cluster_sums(data: Block, labels: np.ndarray, index, k: int):
@@ -148,14 +150,15 @@ def start(data: Block, centroids: np.ndarray, compiled: bool = False, kernels=No
     centroids = np.array(centroids, np.float64)
     k = len(centroids)
     if compiled:
-        _jit = kernels or _kernels()
+        loops = kernels or _kernels()
         n = len(data)
         labels, upper, gap, ties = np.zeros(n, np.intp), np.empty(n), np.empty(n), np.empty(n, np.intp)
+        runner_up, gap_runner_up = np.full(n, -1, np.intp), np.empty(n)
         sums, weights, square_sums = np.zeros((k, 3)), np.zeros(k), np.zeros(k)
-        n_ties = _jit.start(data.centred_t, centroids - data.origin, data.weighted_t, data.weights, data.weighted_sq,
-                            labels, upper, gap, sums, weights, square_sums, ties, TIE)
+        n_ties = loops.start(data.centred_t, centroids - data.origin, data.weighted_t, data.weights, data.weighted_sq,
+                            labels, upper, gap, runner_up, gap_runner_up, sums, weights, square_sums, ties, TIE)
         state = Bounds(centroids, labels, upper, gap, np.zeros(k), np.zeros(k), sums, weights, square_sums,
-                       recomputed=n)
+                       runner_up, gap_runner_up, recomputed=n)
         if n_ties:  # not added to the sums yet: recomputed from "cluster 0" after adding them there
             ties = ties[:n_ties].copy()
             add = _cluster_sums(data, labels[ties], ties, k)
@@ -209,13 +212,19 @@ def step(data: Block, state: Bounds, centroids: np.ndarray, compiled: bool | Non
     state.drift += shift
     state.lower_drift += other
     threshold = state.drift + state.lower_drift + MARGIN
-    if COMPILED if compiled is None else compiled:
-        _jit = kernels or _kernels()
+    if compiled is None:  # the compiled loops once loaded; NumPy while they load in the background
+        warm_up()
+        compiled = _jit is not None
+    if compiled:
+        loops = kernels or _kernels()
+        if state.runner_up is None:  # bounds made by NumPy: no runner-up bound yet
+            state.runner_up, state.gap_runner_up = np.full(len(state), -1, np.intp), np.empty(len(state))
+        state.candidates = None  # the loops change bounds outside the candidates of a NumPy screen
         ties = np.empty(len(state), np.intp)
-        state.tightened, state.recomputed, n_ties = _jit.step(
+        state.tightened, state.recomputed, n_ties = loops.step(
             data.centred_t, centroids - data.origin, separation(centroids), threshold, state.drift, state.lower_drift,
-            data.weighted_t, data.weights, data.weighted_sq, state.labels, state.upper, state.gap, state.sums,
-            state.weights, state.square_sums, ties, MARGIN, TIE)
+            data.weighted_t, data.weights, data.weighted_sq, state.labels, state.upper, state.gap, state.runner_up,
+            state.gap_runner_up, state.sums, state.weights, state.square_sums, ties, MARGIN, TIE)
         if n_ties:
             _recompute(data, state, centroids, ties[:n_ties].copy())
     else:
@@ -226,6 +235,11 @@ def step(data: Block, state: Bounds, centroids: np.ndarray, compiled: bool | Non
 
 def _step_numpy(data: Block, state: Bounds, centroids: np.ndarray, threshold: np.ndarray, growth: float) -> None:
     """step() with whole-array operations over the candidates of the last screen."""
+    if state.runner_up is not None:  # bounds from the compiled loops: one lower bound for all others
+        near = np.flatnonzero(state.runner_up >= 0)
+        state.gap[near] = np.minimum(state.gap[near], state.gap_runner_up[near] - state.drift[state.runner_up[near]]
+                                     + state.lower_drift[state.labels[near]])
+        state.runner_up = state.gap_runner_up = state.candidates = None
     if (state.candidates is None or (threshold > state.limit).any()
             or len(state.candidates) > MAX_CANDIDATES * len(state)):
         _screen(state, threshold, growth)
@@ -268,6 +282,8 @@ def _recompute(data: Block, state: Bounds, centroids: np.ndarray, todo: np.ndarr
         state.square_sums += add[2] - remove[2]
         state.labels[todo] = labels
     upper -= state.drift[labels]
+    if state.runner_up is not None:  # one lower bound for all the other centroids
+        state.runner_up[todo] = -1
     state.upper[todo] = upper
     state.gap[todo] = lower + state.lower_drift[labels] - upper
     state.recomputed += len(todo)

@@ -16,7 +16,9 @@ from kmeans_ops.colours import colour_table
 from kmeans_ops.initialise import initial_centroids, kmeans_plusplus
 from kmeans_ops.reconstruct import label_table, palette_of, quality
 
-KERNELS = ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(not hamerly.COMPILED, reason="no Numba"))]
+NEEDS_NUMBA = pytest.mark.skipif(not hamerly.COMPILED, reason="no Numba")
+# "mixed": NumPy and the compiled loops in turn on the same bounds (as while the loops load)
+KERNELS = ["numpy", pytest.param("compiled", marks=NEEDS_NUMBA), pytest.param("mixed", marks=NEEDS_NUMBA)]
 FIELDS = ("sums", "weights", "sse", "far_dist", "far_code", "far_weight", "far_label")
 
 
@@ -26,12 +28,13 @@ def bounded_lloyd(table, centroids, iterations, kernel):
     distances were computed in each iteration after the first."""
     data = mapreduce.block(table.bgr(), table.counts, table.codes, table.mean())
     state, shares = None, []
-    for _ in range(iterations):
+    for iteration in range(iterations):
         full = mapreduce.map_block(data, centroids)
+        compiled = kernel == "compiled" or (kernel == "mixed" and iteration % 3 != 1)
         if state is None:
-            state, part = hamerly.start(data, centroids, compiled=kernel == "compiled")
+            state, part = hamerly.start(data, centroids, compiled=compiled)
         else:
-            part = hamerly.step(data, state, centroids, compiled=kernel == "compiled")
+            part = hamerly.step(data, state, centroids, compiled=compiled)
             shares.append(state.recomputed / len(state))
         for name in FIELDS:
             assert np.array_equal(getattr(part, name), getattr(full, name)), name
