@@ -516,6 +516,7 @@ def quantize(args) -> int:
 
     try:
         engine = get_engine(args.engine)
+        engine.prepare()
     except Exception as err:  # noqa: BLE001 - a missing Hadoop client or connection: say what
         print(f"error: engine {args.engine}: {shown(str(err))}", file=sys.stderr)
         return 2

@@ -44,7 +44,8 @@ from .mapreduce import Block, Partials, nearest_two, partials
 
 #: Whether Numba is there for the compiled loops (kmeans_ops._hamerly_jit). By default step() uses
 #: them once they are loaded (in the background, see warm_up), NumPy until then or without Numba;
-#: start() uses NumPy: a table mapped once (an Airflow iteration task) never pays for loading Numba.
+#: start() does not start loading them: a table mapped once (an Airflow iteration task) never pays
+#: for loading Numba.
 COMPILED = importlib.util.find_spec("numba") is not None
 _jit = None
 _loading: threading.Thread | None = None
@@ -145,10 +146,13 @@ def _distances(data: Block, index, best: np.ndarray, runner_up: np.ndarray):
     return upper, lower
 
 
-def start(data: Block, centroids: np.ndarray, compiled: bool = False, kernels=None) -> tuple[Bounds, Partials]:
-    """First map of a table: every distance, exact bounds from them, the sums."""
+def start(data: Block, centroids: np.ndarray, compiled: bool | None = None, kernels=None) -> tuple[Bounds, Partials]:
+    """First map of a table: every distance, exact bounds from them, the sums (by default with
+    the compiled loops if they are loaded already, else NumPy: never waits for them)."""
     centroids = np.array(centroids, np.float64)
     k = len(centroids)
+    if compiled is None:
+        compiled = _jit is not None
     if compiled:
         loops = kernels or _kernels()
         n = len(data)

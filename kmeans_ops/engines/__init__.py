@@ -10,7 +10,8 @@ The interface (:class:`~kmeans_ops.engines.base.Engine`, which both engines subc
 - ``discard(area)``: remove a run's work area;
 - ``remember(area, image_id, table)``: the table just written to a points file, for an engine that
   keeps tables in memory (the embedded one), and ``release(area, image_ids)`` when the driver
-  iterates them no more; ``last_job``: the last job's YARN ids and URL, if any.
+  iterates them no more; ``prepare()`` before a run of this process (the CLI's); ``last_job``: the
+  last job's YARN ids and URL, if any.
 
 Every engine runs the map, combine and reduce functions of kmeans_ops.mapreduce.
 """

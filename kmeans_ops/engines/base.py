@@ -45,6 +45,10 @@ class Engine(abc.ABC):
     def discard(self, area: WorkArea) -> None:
         """Remove a run's work area."""
 
+    def prepare(self) -> None:
+        """A run of this process is about to give the engine images to iterate (the CLI): start
+        loading what iterating needs, in the background. The default loads nothing."""
+
     def release(self, area: WorkArea, image_ids: list[str]) -> None:
         """The run iterates ``image_ids`` no more (converged or at max_iter): an engine that keeps
         their tables or bounds in memory drops them. The default keeps nothing."""

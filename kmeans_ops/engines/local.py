@@ -67,6 +67,11 @@ class EmbeddedEngine(Engine):
         self._keep(self._key(area.points(image_id)), table)
         hamerly.warm_up()
 
+    def prepare(self) -> None:
+        """Load the compiled loops of the bounded kernel in the background while the run reads its
+        images (kmeans_ops.hamerly.warm_up)."""
+        hamerly.warm_up()
+
     def release(self, area: WorkArea, image_ids: list[str]) -> None:
         """Drop the tables and bounds of images the run iterates no more."""
         for image_id in image_ids:
