@@ -13,7 +13,7 @@
    distances were computed per iteration. Target: <= 0.5x scikit-learn's time.
 4. Peak memory (max RSS) of the CLI on a 50-megapixel image. Target < 700 MB.
 
-Usage: .venv/bin/python bench/bench_core.py
+Usage: .venv/bin/python bench/bench_core.py [start-up] [end-to-end] [kernel] [memory]  (default: all)
 """
 
 from __future__ import annotations
@@ -82,17 +82,30 @@ def per_iteration(run, long: int = 41, repeats: int = 3) -> float:
     return min(best)
 
 
-def main():
+def main(parts: list[str]):
     from sklearn.cluster import KMeans
 
-    print(f"# bench_core on {os.cpu_count()} cores; compiled loops: {'Numba' if hamerly.COMPILED else 'none'}")
-    help_t = min(timed([sys.executable, "-m", "kmeans_ops", "quantize", "--help"])[0] for _ in range(5))
-    print(f"start-up: python -m kmeans_ops quantize --help: {help_t * 1e3:.0f} ms (fresh process, best of 5)")
+    parts = parts or ["start-up", "end-to-end", "kernel", "memory"]
+    print(f"# bench_core on {os.cpu_count()} cores; compiled loops: {'Numba' if hamerly.COMPILED else 'none'}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if "start-up" in parts:
+        help_t = min(timed([sys.executable, "-m", "kmeans_ops", "quantize", "--help"])[0] for _ in range(5))
+        print(f"start-up: python -m kmeans_ops quantize --help: {help_t * 1e3:.0f} ms (fresh process, best of 5)")
     path12 = photo(12)
     bgr = cv2.imread(path12)
     table = colour_table(bgr)
     start = initial_centroids(table, 16, "kmeans++", seed=0)
     print(f"12 MP photo {bgr.shape[1]}x{bgr.shape[0]}: {len(table)} distinct colours")
+    if "end-to-end" in parts:
+        end_to_end_figures(path12, start)
+    if "kernel" in parts:
+        kernel_figures(table, start, KMeans)
+    if "memory" in parts:
+        memory_figure()
+
+
+def end_to_end_figures(path12: str, start: np.ndarray) -> None:
+    """2. end to end on the 12 MP photo: with each tool's defaults, then from the same start."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out")
         result = os.path.join(out, os.path.basename(path12)[:-4] + ".json")
@@ -116,7 +129,9 @@ def main():
         print(f"end to end, K=16, same initial centroids, {n_ours} iterations (reference {n_ref}): reference "
               f"{ref:.2f}s, ours {mine:.2f}s -> {ref / mine:.1f}x faster (target >= 5x)")
 
-    # -- 3. kernel, per iteration, same weighted table
+
+def kernel_figures(table, start: np.ndarray, KMeans) -> None:
+    """3. kernel, per iteration, same weighted table."""
     colours, weights = table.bgr(), table.counts.astype(np.float64)
     data = mapreduce.block(colours, weights, table.codes, table.mean())
     shares = []
@@ -154,7 +169,10 @@ def main():
     print(f"  colours recomputed (all K distances) per iteration, iterations 2-41: mean {run_shares[:, 0].mean():.1%}, "
           f"last 20 {run_shares[-20:, 0].mean():.1%}; own distance only: mean {run_shares[:, 1].mean():.1%}")
 
-    # -- 4. peak memory on 50 MP
+
+
+def memory_figure() -> None:
+    """4. peak memory on 50 MP."""
     path50 = photo(50)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -169,4 +187,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -69,8 +69,19 @@ def warm_up() -> None:
     when it is given a table it will iterate."""
     global _loading
     if COMPILED and _jit is None and _loading is None:
-        _loading = threading.Thread(target=_load, name="kmeans-hamerly-jit", daemon=True)
+        _loading = threading.Thread(target=_load_quietly, name="kmeans-hamerly-jit", daemon=True)
         _loading.start()
+
+
+def _load_quietly() -> None:
+    """_load() in the background: if the compiled loops cannot be loaded, the run goes on in NumPy
+    (the reason is logged)."""
+    try:
+        _load()
+    except Exception as err:  # noqa: BLE001 - any failure of Numba only costs speed
+        import logging
+
+        logging.getLogger(__name__).warning("compiled Hamerly loops unavailable, NumPy used: %s", err)
 
 
 def _kernels():
@@ -81,6 +92,7 @@ def _kernels():
         if _jit is None:
             _load()
     return _jit
+
 
 #: Colour units by which the bounds must separate a colour's two nearest centroids to skip it.
 MARGIN = 1e-3
