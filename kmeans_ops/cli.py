@@ -568,6 +568,7 @@ def _quantize(args, params, batch_size: int, paths: list[str], stems: list[str],
 
     try:
         engine = get_engine(args.engine)
+        engine.prepare()
     except Exception as err:  # noqa: BLE001 - a missing Hadoop client or connection: say what
         print(f"error: engine {args.engine}: {shown(str(err))}", file=sys.stderr)
         return 2
@@ -620,7 +621,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
             image_id = image_id_of(stem)
             try:
                 meta, image, table = ingest(path, image_id, local, params, keep=True)
-                if hasattr(engine, "remember") and not shared:  # a shared palette iterates the union only
+                if not shared:  # a shared palette iterates the union only
                     engine.remember(local, image_id, table)
                 size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
                 if held + size <= KEEP_BYTES:
@@ -645,8 +646,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
                 return 2
             if union is not None:  # one palette for the run: the engine stages (and iterates) its unit alone
                 staged_from = palette.unit_area(local, unit)
-                if hasattr(engine, "remember"):
-                    engine.remember(staged_from, unit, union)
+                engine.remember(staged_from, unit, union)
             del union
         runs = {}
         try:

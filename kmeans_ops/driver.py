@@ -33,7 +33,10 @@ def run_iterations(area: WorkArea, image_ids: list[str], engine, params: Params,
             state[image_id]["converged"] = figures[image_id]["converged"]
         if progress:
             progress(iteration, active, figures)
-        active = [image_id for image_id in active if not figures[image_id]["converged"]]
+        moving = [image_id for image_id in active if not figures[image_id]["converged"]]
+        engine.release(area, [image_id for image_id in active if image_id not in moving])
+        active = moving
+    engine.release(area, active)  # at max_iter
     return state
 
 

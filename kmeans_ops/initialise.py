@@ -1,6 +1,7 @@
 """Stage 2, initial centroids: k-means++ (weighted by colour counts), the seed's random rule, or a file.
 
-Every random choice takes ``seed``, so a run is reproducible.
+Every random choice takes ``seed``, so a run is reproducible. k-means++ is written here in NumPy
+(scikit-learn's greedy rule and draws): importing scikit-learn took longer than clustering a photo.
 """
 
 from __future__ import annotations
@@ -18,13 +19,48 @@ def effective_k(k: int, table: ColourTable) -> int:
 
 
 def kmeans_plusplus(table: ColourTable, k: int, seed: int) -> np.ndarray:
-    """Greedy k-means++ on the weighted table (scikit-learn's, with the counts as sample weights)."""
-    from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+    """Greedy k-means++ on the weighted table, the counts as sample weights: scikit-learn's
+    ``kmeans_plusplus(colours, k, sample_weight=counts, random_state=seed)``, the same rule and the
+    same random draws (a ``RandomState(seed)``), without importing scikit-learn."""
+    return greedy_kmeans_plusplus(table.bgr(), k, table.counts.astype(np.float64), np.random.RandomState(seed))
 
-    centroids, _ = sk_kmeans_plusplus(
-        table.bgr(), n_clusters=k, sample_weight=table.counts.astype(np.float64), random_state=seed
-    )
-    return centroids
+
+def greedy_kmeans_plusplus(x: np.ndarray, k: int, weights: np.ndarray, random_state: np.random.RandomState,
+                           trials: int | None = None) -> np.ndarray:
+    """(k, 3) centres chosen among the rows of ``x`` (n, d): the first one at random with
+    probability proportional to its weight, each next one the best of ``trials`` (default
+    2 + ln k) candidates drawn with probability proportional to weight x squared distance to the
+    nearest centre so far, the best being the one that leaves the smallest weighted potential
+    (Arthur and Vassilvitskii 2007, greedy as in scikit-learn's ``_kmeans_plusplus``)."""
+    n = len(x)
+    if trials is None:
+        trials = 2 + int(np.log(k))
+    norms = np.einsum("ij,ij->i", x, x)
+    centres = np.empty((k, x.shape[1]))
+    first = random_state.choice(n, p=weights / weights.sum())
+    centres[0] = x[first]
+    closest = _squared_distances(x[[first]], x, norms)[0]
+    potential = closest @ weights
+    for c in range(1, k):
+        draws = random_state.uniform(size=trials) * potential
+        candidates = np.searchsorted(np.cumsum(weights * closest, dtype=np.float64), draws)
+        np.clip(candidates, None, n - 1, out=candidates)  # rounding can draw past the last one
+        to_candidates = _squared_distances(x[candidates], x, norms)
+        np.minimum(closest, to_candidates, out=to_candidates)
+        potentials = to_candidates @ weights
+        best = int(np.argmin(potentials))
+        potential, closest = potentials[best], to_candidates[best]
+        centres[c] = x[candidates[best]]
+    return centres
+
+
+def _squared_distances(y: np.ndarray, x: np.ndarray, x_norms: np.ndarray) -> np.ndarray:
+    """(len(y), len(x)) squared distances ||y||^2 - 2 y.x + ||x||^2 (at least 0), computed as
+    scikit-learn's euclidean_distances computes them, so the draws follow the same cumulative sums."""
+    d = -2 * (y @ x.T)
+    d += np.einsum("ij,ij->i", y, y)[:, None]
+    d += x_norms[None, :]
+    return np.maximum(d, 0, out=d)
 
 
 def random_uniform(table: ColourTable, k: int, seed: int) -> np.ndarray:

@@ -82,23 +82,25 @@ class Block:
 
     Built once per map task by :func:`block` (and kept between iterations by the embedded engine):
     the colours centred on ``origin`` (the image's mean colour, see :func:`nearest`), stored
-    channel-major, the weighted colours ``weights * colours`` (exact integers in float64) and the
-    weighted squared norms of the centred colours.
+    channel-major, the weighted colours ``weights * colours`` and the weighted squared norms
+    ``weights * ||colour - sq_origin||^2`` around ``sq_origin``, the mean rounded to integers: both
+    exact integers in float64, so their per-cluster sums are exact whatever the order of the rows.
     """
 
     centred_t: np.ndarray  # (4, n) colours - origin, one row per channel, then a row of ones
     weights: np.ndarray  # (n,) pixel counts
     weighted_t: np.ndarray  # (3, n) weights * colours (B, G, R), one row per channel
-    weighted_sq: np.ndarray  # (n,) weights * ||colour - origin||^2
+    weighted_sq: np.ndarray  # (n,) weights * ||colour - sq_origin||^2 (exact integers)
     codes: np.ndarray  # (n,) 0xRRGGBB, to name far candidates
     origin: np.ndarray  # (3,)
+    sq_origin: np.ndarray  # (3,) origin rounded to integers
 
     def __len__(self) -> int:
         return len(self.weights)
 
     def slice(self, lo: int, hi: int) -> "Block":
         return Block(self.centred_t[:, lo:hi], self.weights[lo:hi], self.weighted_t[:, lo:hi], self.weighted_sq[lo:hi],
-                     self.codes[lo:hi], self.origin)
+                     self.codes[lo:hi], self.origin, self.sq_origin)
 
 
 def _centred_rows(colours: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -111,13 +113,31 @@ def _centred_rows(colours: np.ndarray, origin: np.ndarray) -> np.ndarray:
 def block(colours: np.ndarray, weights: np.ndarray, codes: np.ndarray, origin) -> Block:
     """Prepare (n, 3) float B, G, R colours with their pixel counts and codes for mapping."""
     origin = np.asarray(origin, np.float64)
+    sq_origin = np.rint(origin)
     weights = np.asarray(weights, np.float64)
     centred_t = _centred_rows(colours, origin)
-    sq_norm = np.einsum("ij,ij->j", centred_t[:3], centred_t[:3])
+    around = colours - sq_origin  # small integers: exact
     weighted_t = np.empty((3, len(weights)))
     np.multiply(colours.T, weights, out=weighted_t)
-    return Block(centred_t, weights, weighted_t, weights * sq_norm, np.asarray(codes), origin)
+    return Block(centred_t, weights, weighted_t, weights * np.einsum("ij,ij->i", around, around), np.asarray(codes),
+                 origin, sq_origin)
 
+
+def _distance_weights(centroids: np.ndarray, origin) -> np.ndarray:
+    """(K, 4) [-2c | ||c||^2] for centroids c centred on ``origin``: against a column [x; 1] of
+    centred_t, one product gives ||c||^2 - 2 x.c, added in the same order as scikit-learn's gemm
+    (checked: identical labels, ties included, tests/test_against_sklearn.py)."""
+    c = centroids - np.asarray(origin, np.float64)
+    return np.hstack([-2.0 * c, np.einsum("ij,ij->i", c, c)[:, None]])
+
+
+def _products(weights: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """(K, m) ||c||^2 - 2 x.c for m columns of centred_t. Always through BLAS's matrix-matrix
+    product: a single column would go through its matrix-vector product, whose last bits differ,
+    so it is computed as two, and every colour gets the same bits whatever block it is in."""
+    if columns.shape[1] == 1:
+        return (weights @ np.repeat(columns, 2, axis=1))[:, :1]
+    return weights @ columns
 
 def nearest(centred_t: np.ndarray, centroids: np.ndarray, origin) -> np.ndarray:
     """Label of each colour (given centred on ``origin``, channel-major, with a 4th row of ones):
@@ -129,27 +149,41 @@ def nearest(centred_t: np.ndarray, centroids: np.ndarray, origin) -> np.ndarray:
     colours and k-means++ centroids make such ties common) therefore goes where scikit-learn sends
     it. Blocks of CHUNK colours, cluster-major, so each step runs over contiguous rows.
     """
-    c = centroids - np.asarray(origin, np.float64)
-    # [-2c | ||c||^2] against [x; 1]: one product gives ||c||^2 - 2 x.c, added in the same order as
-    # scikit-learn's gemm (checked: identical labels, ties included, tests/test_against_sklearn.py)
-    weights = np.hstack([-2.0 * c, np.einsum("ij,ij->i", c, c)[:, None]])
-    n = centred_t.shape[1]
+    return nearest_two(centred_t, centroids, origin, second=False)[0]
+
+
+def nearest_two(centred_t: np.ndarray, centroids: np.ndarray, origin, second: bool = True):
+    """(labels, best, runner_up): each colour's nearest centroid as :func:`nearest` chooses it, and
+    the values ||c||^2 - 2 x.c of that centroid and of the next nearest (add ||x||^2 for squared
+    distances; ``runner_up`` is None unless ``second``; both are +inf with one centroid)."""
+    weights = _distance_weights(centroids, origin)
+    k, n = len(centroids), centred_t.shape[1]
     labels = np.empty(n, np.intp)
-    closer = np.empty(min(n, CHUNK), bool)
+    best = np.empty(n)
+    runner_up = np.full(n, np.inf) if second else None
+    near = np.empty(min(n, CHUNK), bool)
     for lo in range(0, n, CHUNK):
-        d = weights @ centred_t[:, lo : lo + CHUNK]  # (K, block)
-        if len(c) > 32:
-            labels[lo : lo + CHUNK] = d.argmin(axis=0)
+        d = _products(weights, centred_t[:, lo : lo + CHUNK])  # (K, block)
+        lab, low = labels[lo : lo + CHUNK], best[lo : lo + CHUNK]
+        if k > 32:
+            lab[:] = d.argmin(axis=0)
+            columns = np.arange(d.shape[1])
+            low[:] = d[lab, columns]
+            if second and k > 1:
+                d[lab, columns] = np.inf
+                runner_up[lo : lo + CHUNK] = d.min(axis=0)
             continue
-        best = d[0].copy()
-        lab = labels[lo : lo + CHUNK]
+        low[:] = d[0]
         lab[:] = 0
-        near = closer[: d.shape[1]]
-        for j in range(1, len(c)):  # strict "<": the first minimum wins, as argmin's
-            np.less(d[j], best, out=near)
-            np.minimum(best, d[j], out=best)
-            np.copyto(lab, j, where=near)
-    return labels
+        closer = near[: d.shape[1]]
+        up = runner_up[lo : lo + CHUNK] if second else None
+        for j in range(1, k):  # strict "<": the first minimum wins, as argmin's
+            if second:  # the runner-up: the smaller of itself and the larger of (best, d_j)
+                np.minimum(up, np.maximum(low, d[j]), out=up)
+            np.less(d[j], low, out=closer)
+            np.minimum(low, d[j], out=low)
+            np.copyto(lab, j, where=closer)
+    return labels, best, runner_up
 
 
 def assign(colours: np.ndarray, centroids: np.ndarray, origin=None) -> np.ndarray:
@@ -167,17 +201,31 @@ def map_block(data: Block, centroids: np.ndarray) -> Partials:
     for channel in range(3):
         sums[:, channel] = np.bincount(labels, data.weighted_t[channel], minlength=k)
     weights = np.bincount(labels, data.weights, minlength=k)
-    # Squared error per cluster without a per-colour distance: for centred x and c,
-    # sum w |x - c|^2 = sum w |x|^2 - 2 c . sum w x + W |c|^2.
-    c = centroids - data.origin
-    centred_sums = sums - weights[:, None] * data.origin
-    sse = np.bincount(labels, data.weighted_sq, minlength=k) - 2 * np.einsum("ij,ij->i", c, centred_sums)
-    sse += weights * np.einsum("ij,ij->i", c, c)
-    part = Partials(sums=sums, weights=weights, sse=np.maximum(sse, 0.0))
+    square_sums = np.bincount(labels, data.weighted_sq, minlength=k)
+    return partials(data, centroids, labels, sums, weights, square_sums)
+
+
+def cluster_sse(sums: np.ndarray, weights: np.ndarray, square_sums: np.ndarray, centroids: np.ndarray,
+                sq_origin: np.ndarray) -> np.ndarray:
+    """Squared error per cluster without a per-colour distance: around the integer point o,
+    sum w |x - c|^2 = sum w |x - o|^2 - 2 (c - o) . sum w (x - o) + W |c - o|^2 (the sums exact)."""
+    c = centroids - sq_origin
+    centred_sums = sums - weights[:, None] * sq_origin
+    sse = square_sums - 2 * np.einsum("ij,ij->i", c, centred_sums) + weights * np.einsum("ij,ij->i", c, c)
+    return np.maximum(sse, 0.0)
+
+
+def partials(data: Block, centroids: np.ndarray, labels: np.ndarray, sums: np.ndarray, weights: np.ndarray,
+             square_sums: np.ndarray) -> Partials:
+    """The Partials of a block whose colours have ``labels``, from its exact per-cluster sums of
+    weighted colours, weights and weighted squared norms; far candidates if a cluster is empty."""
+    k = len(centroids)
+    part = Partials(sums=sums, weights=weights, sse=cluster_sse(sums, weights, square_sums, centroids, data.sq_origin))
     if (weights == 0).any():
         # A cluster empty here may be empty everywhere (a cluster empty in the whole image is empty
         # in every map task): send the farthest colours, by their exact distance (as scikit-learn
         # measures it when it relocates an empty cluster), to re-seed it in reduce.
+        c = centroids - data.origin
         diff = data.centred_t[:3] - c[labels].T
         dist = np.einsum("ij,ij->j", diff, diff)
         far = _farthest(dist, data.codes, k)

@@ -87,6 +87,10 @@ def label_dtype(k: int) -> type:
     return np.uint8 if k <= 256 else np.uint16
 
 
+#: Pixels whose colour codes label_image computes at a time.
+_CODE_PIXELS = 1 << 20
+
+
 def label_image(image: Image, table: ColourTable, labels: np.ndarray, k: int | None = None) -> np.ndarray:
     """(H, W) cluster label of every pixel, through a 2^24-entry lookup table of colour codes.
 
@@ -94,7 +98,11 @@ def label_image(image: Image, table: ColourTable, labels: np.ndarray, k: int | N
     the type (:func:`label_dtype`; by default the largest label decides)."""
     lut = np.zeros(1 << 24, label_dtype(k if k is not None else int(labels.max(initial=0)) + 1))
     lut[table.codes] = labels
-    return lut[pixel_codes(image.bgr)].reshape(image.shape)
+    out = np.empty(image.shape, lut.dtype)
+    rows = max(1, _CODE_PIXELS // max(1, image.shape[1]))  # the codes of a few rows at a time: no 4 bytes per pixel
+    for lo in range(0, image.shape[0], rows):
+        out[lo : lo + rows] = lut[pixel_codes(image.bgr[lo : lo + rows])].reshape(-1, image.shape[1])
+    return out
 
 
 def dithered_labels(bgr: np.ndarray, palette: np.ndarray) -> np.ndarray:

@@ -1,23 +1,29 @@
 """Engines run one K-means iteration (one MapReduce job) for a batch of images.
 
-The interface is small:
+The interface (:class:`~kmeans_ops.engines.base.Engine`, which both engines subclass) is small:
 
 - ``iterate(area, image_ids, iteration, delta) -> {image id: figures}``: one job; reads each image's
   points file and ``clusters-(iteration-1)``, writes ``clusters-iteration`` and
   ``stats-iteration`` (workarea.py), returns the figures;
 - ``stage(local_area, key) -> area``: put a work area written by ingest where the engine reads it;
 - ``fetch(area, image_id, local_root) -> local area``: bring one image's files back for reconstruction;
-- ``discard(area)``: remove a run's work area.
+- ``discard(area)``: remove a run's work area;
+- ``remember(area, image_id, table)``: the table just written to a points file, for an engine that
+  keeps tables in memory (the embedded one), and ``release(area, image_ids)`` when the driver
+  iterates them no more; ``prepare()`` before a run of this process (the CLI's); ``last_job``: the
+  last job's YARN ids and URL, if any.
 
 Every engine runs the map, combine and reduce functions of kmeans_ops.mapreduce.
 """
 
 from __future__ import annotations
 
+from .base import Engine
+
 ENGINES = ("local", "hadoop")
 
 
-def get_engine(name: str, **options):
+def get_engine(name: str, **options) -> Engine:
     """The engine called ``name`` ("local" or "hadoop")."""
     if name == "local":
         from .local import EmbeddedEngine

@@ -35,6 +35,7 @@ import zipfile
 from .. import settings
 from ..formats import format_clusters, parse_clusters
 from ..workarea import WorkArea
+from .base import Engine
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +145,7 @@ def failed_task_stderr(app_id: str, tail: int = 4000) -> str:
     return "\n".join(out) or "(no failed task attempt: see the ApplicationMaster's diagnostics)"
 
 
-class HadoopEngine:
+class HadoopEngine(Engine):
     name = "hadoop"
 
     def __init__(self, framework: str | None = None, python: str | None = None, timeout: float | None = None,

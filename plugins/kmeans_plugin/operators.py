@@ -46,8 +46,7 @@ class KMeansIterationOperator(BaseOperator):
             for line in lines[1:]:
                 self.log.error("  | %s", line)
             raise type(err)(lines[0]) from None
-        job = getattr(engine, "last_job", None) or {}
-        context["ti"].xcom_push(key=YARN_KEY, value=job.get("tracking_url", ""))
+        context["ti"].xcom_push(key=YARN_KEY, value=engine.last_job.get("tracking_url", ""))
         for image_id, f in figures.items():
             self.log.info("%s: sse %.6g, largest shift %.4f, re-seeded %s, %s", image_id, f["sse"], f["max_shift"],
                           f["reseeded"] or "none", "converged" if f["converged"] else "moving")

@@ -1,0 +1,59 @@
+"""The one interface every engine implements (as mrjob's runners share MRJobRunner).
+
+An engine runs one K-means iteration (one MapReduce job) for a batch of images. The driver, the
+CLI and the Airflow operators use engines only through this class: nothing probes for methods.
+"""
+
+from __future__ import annotations
+
+import abc
+from types import MappingProxyType
+from typing import Mapping
+
+from ..workarea import WorkArea
+
+
+class Engine(abc.ABC):
+    """What kmeans_ops.driver, kmeans_ops.cli and the operators call.
+
+    An engine may keep state between the iterations of a run (the embedded engine keeps each
+    table's prepared colours and its Hamerly bounds); the state never changes a result, only how
+    fast it comes: every engine gives the same centroids from the same files.
+    """
+
+    #: "local" or "hadoop": the ``engine`` figure of the results.
+    name: str = ""
+    #: The last job's ``application_id``, ``job_id``, ``tracking_url`` and ``framework`` (for the
+    #: YARN link of an iteration task); empty for an engine that submits no jobs.
+    last_job: Mapping = MappingProxyType({})
+
+    @abc.abstractmethod
+    def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
+        """One job: read each image's points file and ``clusters-(iteration-1)``, write
+        ``clusters-iteration`` and ``stats-iteration`` (workarea.py); return ``{image id: figures}``
+        (``sse``, ``max_shift``, ``reseeded``, ``converged``, ``iteration``)."""
+
+    @abc.abstractmethod
+    def stage(self, local: WorkArea, key: str) -> WorkArea:
+        """Put a work area written by ingest where the engine reads it; returns that area."""
+
+    @abc.abstractmethod
+    def fetch(self, area: WorkArea, image_id: str, local_root: str) -> WorkArea:
+        """Bring one image's files back to the local work area ``local_root`` for reconstruction."""
+
+    @abc.abstractmethod
+    def discard(self, area: WorkArea) -> None:
+        """Remove a run's work area."""
+
+    def prepare(self) -> None:
+        """A run of this process is about to give the engine images to iterate (the CLI): start
+        loading what iterating needs, in the background. The default loads nothing."""
+
+    def release(self, area: WorkArea, image_ids: list[str]) -> None:
+        """The run iterates ``image_ids`` no more (converged or at max_iter): an engine that keeps
+        their tables or bounds in memory drops them. The default keeps nothing."""
+
+    def remember(self, area: WorkArea, image_id: str, table) -> None:
+        """Offered the colour table just written to ``area``'s points file of ``image_id`` (or a
+        shared palette's union), so an engine that keeps tables in memory need not parse the file
+        again. Engines that read their data elsewhere ignore it (the default)."""
