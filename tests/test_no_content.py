@@ -443,7 +443,7 @@ def ledger_cases(secret: str):
     key = "0" * 64
     entry = {"path": "/landing/a.png", "size": 1, "first_seen": "2025-01-01T00:00:00+00:00", "run_id": "r"}
     return [
-        ("version", json.dumps({"version": secret, "files": {}}).encode(), "unsupported version (expected 1)"),
+        ("version", json.dumps({"version": secret, "files": {}}).encode(), "unsupported version (expected one of 1, 2)"),
         ("short key", json.dumps({"version": 1, "files": {key: entry, secret: entry}}).encode(),
          "is corrupt (entry 2 is not a 64-hex digest with an object)"),
         ("64 characters, not hex", json.dumps({"version": 1, "files": {secret.ljust(64, "z")[:64]: entry}}).encode(),
@@ -492,7 +492,7 @@ def test_nightly_with_a_ledger_holding_a_secret_fails_without_quoting_it(airflow
     assert states["scan"] == "failed"
     captured = assert_secret_nowhere_in_the_run(dag_run, secret, capfd, caplog, tmp_path / "no-output",
                                                 xcoms_expected=False)
-    assert f"ledger {ledger}: unsupported version (expected 1)" in captured.out + captured.err + caplog.text
+    assert f"ledger {ledger}: unsupported version (expected one of 1, 2)" in captured.out + captured.err + caplog.text
     assert ledger.read_text() == content
 
 
