@@ -178,9 +178,7 @@ def read_image(path: str | os.PathLike) -> Image:
             raw = file.read(budget_bytes + 1)  # never more than the budget, even if the file grew
     except OSError as err:
         raise InputError(path, f"cannot read file ({err.strerror or type(err).__name__})") from None
-    if len(raw) > budget_bytes:
-        raise InputError(path, f"larger than the budget of {budget_bytes} bytes for an image "
-                               f"(environment variable KMEANS_MAX_IMAGE_BYTES)")
+    check_bytes(path, len(raw))  # the file grew past the budget since it was stat'ed
     if not raw:
         raise InputError(path, "empty file (0 bytes)")
     budget = settings.max_pixels()

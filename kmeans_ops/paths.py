@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 #: File name endings read as images (OpenCV decodes them); anything else in a folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif")
 GLOB_CHARS = "*?["
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes read at a time when hashing
 #: Linux's PATH_MAX and NAME_MAX (bytes): a longer path param is refused before it reaches the OS.
 MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255  # bytes read at a time when hashing
+MAX_NAME_BYTES = 255
 
 
 class StillBeingWritten(OSError):
@@ -284,11 +284,6 @@ def resolve(path: str) -> str:
     return filesystem(path).resolve(path)
 
 
-def _is_file(fs, path: str) -> bool:
-    st = fs.stat(path)
-    return st is not None and not st.is_dir
-
-
 #: ``scheme:/`` at the start of a path: a URI (``hdfs://``, ``s3://``, ``file:///``), not a local name.
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 
@@ -425,7 +420,7 @@ class _Expander:
         for given in inputs:
             fs = filesystem(given)
             item = os.path.expanduser(given) if fs is _LOCAL else given
-            literal = not is_glob(item) or self.stat_unchecked(fs, item)
+            literal = not is_glob(item) or self.exists_literally(fs, item)
             if literal:  # a name that exists is taken literally, wildcard characters and all
                 self.check(item)
                 st = self.stat(fs, item)
@@ -439,7 +434,7 @@ class _Expander:
                 found += matches
         return found
 
-    def stat_unchecked(self, fs, item: str) -> bool:
+    def exists_literally(self, fs, item: str) -> bool:
         """Whether a name holding wildcard characters exists as it is. Asked only once its literal
         folder is allowed (the question itself must not reach outside): a folder that resolves
         outside, a symlink named ``d[1]`` pointing out included, is refused here."""
