@@ -65,28 +65,47 @@ class Hdfs:
     """The few HDFS operations the pipeline needs, over one WebHDFS client."""
 
     def __init__(self, conn_id: str = CONN_ID, retries: int | None = None, backoff: float = 1.0):
-        _default_connection()
-        from .settings import hdfs_retries
+        from .settings import hdfs_retries, node_webhdfs
 
-        retries = hdfs_retries() if retries is None else retries
-        from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
-
-        self.hook = WebHDFSHook(webhdfs_conn_id=conn_id)
-        self.retries = retries
+        self.retries = hdfs_retries() if retries is None else retries
         self.backoff = backoff
         self._client = None
+        self.hook = None
+        # A Hadoop task on a node (kmeans_ops.streaming): no Airflow there, the job names the WebHDFS.
+        self._node = node_webhdfs()
+        if self._node is None:
+            _default_connection()
+            from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
+
+            self.hook = WebHDFSHook(webhdfs_conn_id=conn_id)
 
     @property
     def client(self):
         if self._client is None:
-            self._client = self.call("connect", "/", self.hook.get_conn)
+            if self._node is not None:
+                from hdfs import InsecureClient
+
+                self._client = InsecureClient(self._node[0], user=self._node[1])
+            else:
+                self._client = self.call("connect", "/", self.hook.get_conn)
         return self._client
+
+    def node_env(self) -> dict[str, str]:
+        """What a Hadoop task needs to reach this HDFS without Airflow (settings.node_webhdfs)."""
+        return {"KMEANS_WEBHDFS_URL": self.client.url, "KMEANS_WEBHDFS_USER": self.user()}
+
+    def user(self) -> str:
+        if self._node is not None:
+            return self._node[1]
+        return self.hook.get_connection(self.hook.webhdfs_conn_id).login or getpass.getuser()
 
     @property
     def namenode(self) -> str:
         """The NameNode's WebHDFS address, for error messages."""
         if self._client is not None:
             return self._client.url
+        if self._node is not None:
+            return self._node[0]
         try:
             conn = self.hook.get_connection(self.hook.webhdfs_conn_id)
             return f"NameNode {conn.host}:{conn.port} (connection {self.hook.webhdfs_conn_id})"
@@ -173,6 +192,5 @@ class Hdfs:
         self.call("delete", path, self.client.delete, path, recursive=True)
 
     def home(self) -> str:
-        login = self.hook.get_connection(self.hook.webhdfs_conn_id).login or getpass.getuser()
-        return f"/user/{login}"
+        return f"/user/{self.user()}"
 

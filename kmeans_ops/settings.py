@@ -26,6 +26,11 @@ KMEANS_STREAMING_PYTHON     interpreter of the streaming tasks             this 
 KMEANS_HDFS_WORK_ROOT       HDFS work areas                                /user/<login>/kmeans-work
 KMEANS_HADOOP_TIMEOUT       seconds a Hadoop job may take                  1800
 KMEANS_HDFS_RETRIES         retries of a transient HDFS error              4
+KMEANS_IMAGES_PER_TASK      images per map task, ingest/reconstruct jobs   4
+KMEANS_YARN_POLL_MS         how often a waiting client asks the RM (ms)    250
+KMEANS_YARN_PROGRESS_S      seconds between progress lines of a job        5
+KMEANS_WEBHDFS_URL          WebHDFS of a task on a node (set by the job)   unset: the Airflow connection
+KMEANS_WEBHDFS_USER         its user (set by the job)                      the login running the task
 HADOOP_HOME                 a Hadoop install (its ``bin/hadoop jar``)      unset: the dev cluster's jars
 HADOOP_CONF_DIR             the cluster's client configuration             <dev dir>/conf
 HADOOP_DEV_DIR              what ``bin/hadoop-dev`` writes                 <checkout>/.hadoop-dev
@@ -238,6 +243,34 @@ def hdfs_work_root() -> str | None:
 
 def hdfs_retries() -> int:
     return env_int("KMEANS_HDFS_RETRIES", 4)
+
+
+def hadoop_images_per_map() -> int:
+    """Images per map task of an ingest or reconstruct job on the cluster (NLineInputFormat): a
+    batch of up to 9 tasks runs in uber mode; more images spread over more task containers."""
+    return env_int("KMEANS_IMAGES_PER_TASK", 4, minimum=1)
+
+
+def yarn_poll_seconds() -> float:
+    """How often a client waiting on a YARN application asks the ResourceManager (the Hadoop
+    client's own default is every 5 s: a job that ends just after a poll costs up to 5 s more)."""
+    return env_int("KMEANS_YARN_POLL_MS", 250, minimum=10) / 1000
+
+
+def yarn_progress_seconds() -> float:
+    """Seconds between two progress lines of a running job in the log (and at each change of state)."""
+    return float(env_int("KMEANS_YARN_PROGRESS_S", 5, minimum=1))
+
+
+def node_webhdfs() -> tuple[str, str] | None:
+    """(WebHDFS URL, user) that a Hadoop task uses on a node, where no Airflow connection exists:
+    the job passes them (-cmdenv KMEANS_WEBHDFS_URL=..., KMEANS_WEBHDFS_USER=...). None elsewhere."""
+    url = env("KMEANS_WEBHDFS_URL")
+    if not url:
+        return None
+    import getpass
+
+    return url, env("KMEANS_WEBHDFS_USER") or getpass.getuser()
 
 
 def webhdfs_dev_connection() -> str | None:

@@ -1,23 +1,40 @@
-"""Hadoop Streaming mapper, combiner and reducer: thin text adapters over kmeans_ops.mapreduce.
+"""Hadoop Streaming tasks: thin text adapters over kmeans_ops.mapreduce, ingest and reconstruct.
 
     python -m kmeans_ops.streaming map      CENTROIDS   (stdin: weighted points lines)
     python -m kmeans_ops.streaming combine  CENTROIDS   (stdin: partial records, sorted by image id)
-    python -m kmeans_ops.streaming reduce   CENTROIDS DELTA
+    python -m kmeans_ops.streaming reduce   CENTROIDS DELTA [AREA ITERATION OUTPUT]
+    python -m kmeans_ops.streaming ingest      JOB      (stdin: one image per line, JSON)
+    python -m kmeans_ops.streaming reconstruct JOB      (stdin: one image per line, JSON)
 
 CENTROIDS is the job's centroids file, shipped to every task by the distributed cache
 (``-files``). One line per image giving the frame of its distances, then one per centroid::
 
-    <image id>\\tM <mean B> <mean G> <mean R>
-    <image id>\\tC <cluster> <B> <G> <R>
+    <image id>\tM <mean B> <mean G> <mean R>
+    <image id>\tC <cluster> <B> <G> <R>
 
-The reducer writes, per image, its new centroids and its figures::
+The reducer's result, per image, is its new centroids and its figures::
 
-    <image id>\\tC <cluster> <B> <G> <R>
-    <image id>\\tS <figures as JSON>
+    <image id>\tC <cluster> <B> <G> <R>
+    <image id>\tS <figures as JSON>
 
-Only NumPy is needed on the cluster's nodes (no OpenCV). A malformed line fails the task with a
-message naming its line number and the expected format, never the line (the task's stderr reaches
-the engine's error); the seed's mapper skipped bad lines silently.
+written to stdout, or with AREA, ITERATION and OUTPUT (what the Hadoop engine passes) by the task
+itself: the result to ``OUTPUT/part-<partition>`` and each image's ``clusters-ITERATION`` and
+``stats-ITERATION`` into the work area AREA on HDFS (WebHDFS: settings.node_webhdfs). The job then
+has no output of MapReduce's own (NullOutputFormat), which spares each task's commit handshake
+(Task.commit asks the ApplicationMaster every 1000 ms whether it may commit: about 1 s per task).
+
+``ingest`` and ``reconstruct`` run kmeans_ops.ingest.ingest_batch and
+kmeans_ops.reconstruct.reconstruct_batch on the node, one image at a time, in a local temporary
+folder: the image is read from HDFS there, its work files (ingest) or outputs (reconstruct) are
+uploaded to HDFS, and one result line per image (``<image id>\t<JSON>``) goes to
+``OUTPUT/part-<partition>``. JOB (a JSON file in the distributed cache) names the work area, the
+output and the stage's options (kmeans_ops.engines.stages).
+
+map, combine and reduce to stdout need only NumPy on the nodes; ingest, reconstruct and the reducer
+writing its results need what ingest needs (NumPy, OpenCV, Pillow) and the ``hdfs`` package. A
+malformed line fails the task with a message naming its line number and the expected format,
+never the line (the task's stderr reaches the engine's error); the seed's mapper skipped bad lines
+silently.
 """
 
 from __future__ import annotations
@@ -179,6 +196,43 @@ def parse_reduce_output(lines, source: str = "reducer output") -> dict[str, tupl
     return {i: (_stacked(rows.get(i, {}), source), figures[i]) for i in figures}
 
 
+def task_part_name() -> str:
+    """The part file of this task: ``part-<partition>`` (streaming exports the job's settings to the
+    environment, dots as underscores): two attempts of one task write the same name."""
+    import os
+
+    return f"part-{int(os.environ.get('mapreduce_task_partition', '0')):05d}"
+
+
+def write_task_output(output: str, text: str) -> None:
+    """This task's result file in the job's OUTPUT folder on HDFS (atomic: a temporary, renamed)."""
+    import posixpath
+
+    from .hdfs import Hdfs
+
+    Hdfs().write_bytes(posixpath.join(output, task_part_name()), text.encode("utf-8"))
+
+
+def run_reduce_to_hdfs(centroids_path: str, delta: float, area_root: str, iteration: int, output: str, stdin) -> None:
+    """The reducer of the Hadoop engine: its result to OUTPUT, each image's new centroids and
+    figures into the work area (formats.format_clusters, stats-NNN.json), all through WebHDFS."""
+    import io
+
+    from .formats import format_clusters
+    from .hdfs import Hdfs
+    from .workarea import WorkArea
+
+    buffer = io.StringIO()
+    run_reduce(centroids_path, delta, stdin, buffer)
+    text = buffer.getvalue()
+    hdfs, area = Hdfs(), WorkArea(area_root)
+    for image_id, (new, stats) in parse_reduce_output(utf8_lines(text.encode("utf-8"), "reducer output")).items():
+        stats["iteration"] = iteration
+        hdfs.write_bytes(area.clusters(image_id, iteration), format_clusters(new))
+        hdfs.write_bytes(area.stats(image_id, iteration), json.dumps(stats).encode())
+    write_task_output(output, text)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     role = argv[0] if argv else ""
@@ -187,8 +241,14 @@ def main(argv=None) -> int:
         run_map(argv[1], sys.stdin.buffer, stdout)
     elif role == "combine":
         run_combine(argv[1], sys.stdin, stdout)
+    elif role == "reduce" and len(argv) == 6:
+        run_reduce_to_hdfs(argv[1], float(argv[2]), argv[3], int(argv[4]), argv[5], sys.stdin)
     elif role == "reduce":
         run_reduce(argv[1], float(argv[2]), sys.stdin, stdout)
+    elif role in ("ingest", "reconstruct"):
+        from .engines.stages import run_task
+
+        write_task_output(*run_task(role, argv[1], sys.stdin))
     else:
         print(__doc__, file=sys.stderr)
         return 2

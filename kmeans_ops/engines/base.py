@@ -2,6 +2,12 @@
 
 An engine runs one K-means iteration (one MapReduce job) for a batch of images. The driver, the
 CLI and the Airflow operators use engines only through this class: nothing probes for methods.
+
+Every job goes through :meth:`Engine.submit` (start it), :meth:`Engine.wait` (block until it is
+over), :meth:`Engine.retry` (a second attempt, if the engine makes one) and :meth:`Engine.collect`
+(its result); :meth:`Engine.run` chains them. A job is a small JSON-able dict, so an Airflow task
+can submit it, defer while it runs (the triggerer polls YARN) and collect it in another process.
+The embedded engine does the work inside ``submit``: its job is done when returned.
 """
 
 from __future__ import annotations
@@ -44,6 +50,35 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def discard(self, area: WorkArea) -> None:
         """Remove a run's work area."""
+
+    # ------------------------------------------------------------ jobs
+    #: Stages that run as jobs on the cluster where the data lives (beyond ``iterate``): "ingest"
+    #: and "reconstruct" with the Hadoop engine, for images in HDFS. Empty: they run in process.
+    remote_stages: tuple[str, ...] = ()
+
+    def submit(self, stage: str, **args) -> dict:
+        """Start ``stage`` (``"iterate"``: the keywords of :meth:`iterate`) and return its job. The
+        default runs it now: the job is ``{"stage", "done": True, "result"}``."""
+        return {"stage": stage, "done": True, "result": getattr(self, stage)(**args)}
+
+    def wait(self, job: dict, say=None) -> dict:
+        """Block until ``job`` is over (``say``: where progress lines go); returns the job."""
+        return job
+
+    def retry(self, job: dict) -> dict | None:
+        """A new job to wait for instead of a failed ``job``, or None (the default: no retry)."""
+        return None
+
+    def collect(self, job: dict):
+        """The result of a job that is over; raises the engine's error when it failed."""
+        return job["result"]
+
+    def run(self, stage: str, say=None, **args):
+        """Submit, wait for (and retry) a job of ``stage``, and return its result."""
+        job = self.wait(self.submit(stage, **args), say)
+        while (again := self.retry(job)) is not None:
+            job = self.wait(again, say)
+        return self.collect(job)
 
     def prepare(self) -> None:
         """A run of this process is about to give the engine images to iterate (the CLI): start

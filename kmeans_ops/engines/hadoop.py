@@ -33,9 +33,12 @@ import tempfile
 import zipfile
 
 from .. import settings
-from ..formats import format_clusters, parse_clusters
+from ..formats import parse_clusters
 from ..workarea import WorkArea
 from .base import Engine
+from .yarn import HadoopJobError
+
+__all__ = ["HadoopEngine", "HadoopJobError", "client_command", "conf_value", "failed_task_stderr"]
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +49,6 @@ JAVA_OPENS = ["-XX:+IgnoreUnrecognizedVMOptions"] + [
               "sun.security.util", "sun.security.x509")
 ] + ["--add-exports=java.base/sun.net.dns=ALL-UNNAMED", "--add-exports=java.base/sun.net.util=ALL-UNNAMED"]
 
-
-class HadoopJobError(RuntimeError):
-    """A MapReduce job failed; the message has its application id, tracking URL and task stderr."""
 
 
 def conf_value(name: str, default: str | None = None) -> str | None:
@@ -145,6 +145,11 @@ def failed_task_stderr(app_id: str, tail: int = 4000) -> str:
     return "\n".join(out) or "(no failed task attempt: see the ApplicationMaster's diagnostics)"
 
 
+#: Jobs whose tasks write their results through WebHDFS themselves: no MapReduce output, so no task
+#: waits for the ApplicationMaster's permission to commit (Task.commit polls it every 1000 ms).
+NO_COMMIT = ["-outputformat", "org.apache.hadoop.mapred.lib.NullOutputFormat"]
+
+
 class HadoopEngine(Engine):
     name = "hadoop"
 
@@ -155,6 +160,7 @@ class HadoopEngine(Engine):
         self.timeout = float(timeout or settings.hadoop_timeout())
         self._hdfs = hdfs
         self._means: dict[tuple[str, str], list[float]] = {}
+        self._centroids: dict[tuple[str, str, int], object] = {}  # (area, image id, iteration) -> (K, 3)
         self.last_job: dict = {}
         self.jobs = 0  # jobs submitted by this engine
 
@@ -199,109 +205,196 @@ class HadoopEngine(Engine):
         return self._means[key]
 
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
-        from ..streaming import format_centroids, parse_reduce_output, utf8_lines
+        return self.run("iterate", area=area, image_ids=image_ids, iteration=iteration, delta=delta)
 
-        centroids = {i: parse_clusters(self.hdfs.read_bytes(area.clusters(i, iteration - 1)), area.clusters(i, iteration - 1))
-                     for i in image_ids}
+    def submit(self, stage: str, uber: bool | None = None, **args) -> dict:
+        """Submit the job of ``stage`` ("iterate", or with images in HDFS "ingest" and "reconstruct":
+        kmeans_ops.engines.stages) without waiting; returns the job once YARN has accepted it."""
+        uber = settings.hadoop_uber() and self.framework == "yarn" if uber is None else uber
+        if stage == "iterate":
+            spec = self._iteration_spec(**args)
+        else:
+            from . import stages
+
+            spec = stages.job_spec(self, stage, **args)
+        job = self._launch(spec, uber)
+        job.update(stage=stage, args=_jsonable(args), uber=uber)
+        return job
+
+    def _iteration_spec(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict:
+        from ..streaming import format_centroids
+
+        centroids = {i: self._centroids_of(area, i, iteration - 1) for i in image_ids}
         means = {i: self._mean(area, i) for i in image_ids}
         tag = hashlib.sha1("\n".join(image_ids).encode()).hexdigest()[:10]
         output = posixpath.join(area.root, "jobs", f"iteration-{iteration:03d}-{tag}")
+        return {
+            "what": f"iteration {iteration}",
+            "name": f"kmeans iteration {iteration} ({len(image_ids)} images)",
+            "inputs": [area.points(i) for i in image_ids],
+            "output": output,
+            "files": {"centroids.tsv": format_centroids(centroids, means).encode()},
+            # The mapper combines in memory (one partial record set per image per task, as Spark's
+            # and Mahout's k-means do), so a combiner process would get nothing to merge: none is
+            # started (three Python starts fewer per iteration of three images).
+            "mapper": "map centroids.tsv",
+            # the reducer writes the new centroids itself (kmeans_ops.streaming.run_reduce_to_hdfs)
+            "reducer": f"reduce centroids.tsv {float(delta)!r} {area.root} {iteration} {output}",
+            # One reducer: the shuffle carries K records per image and map task, so one reducer is
+            # never the bottleneck, and it lets a small job run in uber mode.
+            "options": ["-D", "mapreduce.job.reduces=1"], "streaming": NO_COMMIT,
+            "env": self.node_env(),
+        }
+
+    def _centroids_of(self, area: WorkArea, image_id: str, iteration: int):
+        """An image's centroids after ``iteration``: as the last job of this engine returned them,
+        else read from the work area."""
+        cached = self._centroids.pop((area.root, image_id, iteration), None)
+        if cached is not None:
+            return cached
+        path = area.clusters(image_id, iteration)
+        return parse_clusters(self.hdfs.read_bytes(path), path)
+
+    def node_env(self) -> dict[str, str]:
+        """The environment of a task on a node: how to reach HDFS without Airflow, and the budgets
+        of this side (KMEANS_MAX_*), so a node refuses what the submitter would."""
+        budgets = {k: v for k, v in os.environ.items() if k.startswith("KMEANS_MAX_") and v}
+        return {**self.hdfs.node_env(), **budgets}
+
+    def _launch(self, spec: dict, uber: bool) -> dict:
+        """Submit one streaming job. ``spec``: ``what`` (for messages), ``name``, ``inputs``,
+        ``output``, ``files`` ({name: bytes} for the distributed cache), ``mapper``, ``combiner``,
+        ``reducer`` (arguments of ``python -m kmeans_ops.streaming``; no reducer: a map-only job),
+        ``options`` (generic ``-D``), ``streaming`` (options of the streaming tool), ``env``."""
+        from . import yarn
+
+        output = spec["output"]
         if self.hdfs.exists(output):  # a previous attempt of this task
             self.hdfs.delete(output)
-        with tempfile.TemporaryDirectory(prefix="kmeans-job-") as tmp:
-            cache = os.path.join(tmp, "centroids.tsv")
-            with open(cache, "w", encoding="utf-8") as handle:
-                handle.write(format_centroids(centroids, {i: means[i] for i in image_ids}))
-            package = os.path.join(tmp, "kmeans_ops.zip")
-            with open(package, "wb") as handle:
-                handle.write(package_zip())
-            task = f"{self.python} -m kmeans_ops.streaming"
-            uber = settings.hadoop_uber() and self.framework == "yarn"
-            options = ["-D", f"mapreduce.job.name=kmeans iteration {iteration} ({len(image_ids)} images)",
-                       # One reducer: the shuffle carries K records per image and map task, so one
-                       # reducer is never the bottleneck, and it lets a small job run in uber mode.
-                       "-D", "mapreduce.job.reduces=1",
-                       # Uber mode: a job small enough (at most 9 maps, input under one block) runs
-                       # its tasks inside the ApplicationMaster's container instead of starting a
-                       # container per task (measured: 20-27 s -> 11-13 s per iteration on the dev
-                       # cluster). Larger jobs run as usual. KMEANS_HADOOP_UBER=false turns it off.
-                       "-D", "mapreduce.job.ubertask.enable=true" if uber else "mapreduce.job.ubertask.enable=false",
-                       # The client asks whether the job is done every 5 s by default: ask every 0.5 s.
-                       "-D", "mapreduce.client.completion.pollinterval=500",
-                       "-D", "mapreduce.map.maxattempts=2", "-D", "mapreduce.reduce.maxattempts=2"]
-            if self.framework == "local":
-                options = ["-D", "mapreduce.framework.name=local"] + options
-            command = client_command() + options + [
-                "-files", f"{package},{cache}",
-                "-cmdenv", "PYTHONPATH=kmeans_ops.zip",
-                "-input", ",".join(area.points(i) for i in image_ids),
-                "-output", output,
-                "-mapper", f"{task} map centroids.tsv",
-                "-combiner", f"{task} combine centroids.tsv",
-                "-reducer", f"{task} reduce centroids.tsv {float(delta)!r}",
-            ]
-            try:
-                self._submit(command, iteration, len(image_ids))
-            except HadoopJobError:
-                if not uber:
-                    raise
-                # In uber mode the failing task ran inside the ApplicationMaster, whose task logs the
-                # JobHistory server does not list: run the job once more in task containers, which
-                # retries it the usual way and, if it fails again, gives the failing task's stderr.
-                log.warning("iteration %d failed in uber mode; running it again in task containers", iteration)
-                if self.hdfs.exists(output):
-                    self.hdfs.delete(output)
-                self._submit([o.replace("mapreduce.job.ubertask.enable=true", "mapreduce.job.ubertask.enable=false")
-                              for o in command], iteration, len(image_ids))
-        results = {}
-        try:  # each part file holds every record of its images (partitioned by image id)
-            for name in sorted(self.hdfs.list(output)):
-                if name.startswith("part-"):
-                    part = posixpath.join(output, name)
-                    results.update(parse_reduce_output(utf8_lines(self.hdfs.read_bytes(part), part), part))
-        except ValueError as err:  # names the part file and the line, never its bytes
-            raise HadoopJobError(f"job {self.last_job.get('application_id')}: unusable reducer output: {err}") from None
-        missing = set(image_ids) - set(results)
-        if missing:
-            raise HadoopJobError(f"job {self.last_job.get('application_id')} returned nothing for {sorted(missing)}")
-        figures = {}
-        for image_id in image_ids:
-            new, stats = results[image_id]
-            stats["iteration"] = iteration
-            self.hdfs.write_bytes(area.clusters(image_id, iteration), format_clusters(new))
-            self.hdfs.write_bytes(area.stats(image_id, iteration), json.dumps(stats).encode())
-            figures[image_id] = stats
-        self.hdfs.delete(output)
-        return figures
-
-    def _submit(self, command: list[str], iteration: int, n_images: int) -> None:
+        task = f"{self.python} -m kmeans_ops.streaming"
+        options = ["-D", f"mapreduce.job.name={spec['name']}",
+                   # Uber mode: a job small enough (at most 9 maps, input under one block) runs its
+                   # tasks inside the ApplicationMaster's container instead of starting a container
+                   # per task (measured: 20-27 s -> 11-13 s per iteration on the dev cluster).
+                   # Larger jobs run as usual. KMEANS_HADOOP_UBER=false turns it off.
+                   "-D", f"mapreduce.job.ubertask.enable={'true' if uber else 'false'}",
+                   "-D", "mapreduce.map.maxattempts=2", "-D", "mapreduce.reduce.maxattempts=2",
+                   *spec.get("options", [])]
+        if self.framework == "local":
+            options = ["-D", "mapreduce.framework.name=local"] + options
         env = {**os.environ}
         env.setdefault("HADOOP_CONF_DIR", settings.hadoop_conf_dir())
-        log.info("submitting iteration %d (%d images): %s", iteration, n_images, " ".join(command[-14:]))
+        with tempfile.TemporaryDirectory(prefix="kmeans-job-") as tmp:
+            shipped = []
+            for name, data in {"kmeans_ops.zip": package_zip(), **spec["files"]}.items():
+                shipped.append(os.path.join(tmp, name))
+                with open(shipped[-1], "wb") as handle:
+                    handle.write(data)
+            command = client_command() + options + ["-files", ",".join(shipped)]
+            for name, value in {"PYTHONPATH": "kmeans_ops.zip", **spec.get("env", {})}.items():
+                command += ["-cmdenv", f"{name}={value}"]
+            command += ["-input", ",".join(spec["inputs"]), "-output", output, "-mapper", f"{task} {spec['mapper']}"]
+            command += [*(["-combiner", f"{task} {spec['combiner']}"] if spec.get("combiner") else []),
+                        "-reducer", f"{task} {spec['reducer']}" if spec.get("reducer") else "NONE",
+                        *spec.get("streaming", [])]
+            log.info("submitting %s: %s", spec["what"], " ".join(command[-12:]))
+            if self.framework == "local":  # LocalJobRunner runs the job inside the client: it cannot go on alone
+                job = self._run_locally(command, env, spec["what"])
+            else:  # the client hands the job to YARN (-background) and exits: waiting is wait()'s
+                job = yarn.submit(command, env, self.timeout, spec["what"])
+        self.jobs += 1
+        job.update(what=spec["what"], output=output, framework=self.framework)
+        self.last_job = {k: job.get(k) for k in ("application_id", "job_id", "tracking_url", "framework")}
+        return job
+
+    def _run_locally(self, command: list[str], env: dict, what: str) -> dict:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout, env=env)
         except subprocess.TimeoutExpired as err:
-            raise HadoopJobError(f"iteration {iteration}: the Hadoop job did not finish in {self.timeout:.0f}s") from err
-        self.jobs += 1
+            raise HadoopJobError(f"{what}: the Hadoop job did not finish in {self.timeout:.0f}s") from err
         client_log = done.stderr + done.stdout
-        app = re.search(r"Submitted application (application_\d+_\d+)", client_log)
-        url = re.search(r"url to track the job: (\S+)", client_log)
         job = re.search(r"Running job: (job_\w+)", client_log)
-        self.last_job = {
-            "application_id": app.group(1) if app else None,
-            "job_id": job.group(1) if job else None,
-            "tracking_url": url.group(1) if url and app else "",
-            "framework": self.framework,
-        }
-        log.info("iteration %d: job %s %s (%s)", iteration, self.last_job["application_id"] or self.last_job["job_id"],
-                 "succeeded" if done.returncode == 0 else "FAILED", self.last_job["tracking_url"])
-        if done.returncode != 0:
-            if app:
-                stderr = failed_task_stderr(app.group(1))
-            else:
-                stderr = "\n".join(client_log.strip().splitlines()[-40:])
+        final = {"state": "FINISHED", "finalStatus": "SUCCEEDED" if done.returncode == 0 else "FAILED",
+                 "diagnostics": "" if done.returncode == 0 else "\n".join(client_log.strip().splitlines()[-40:])}
+        return {"application_id": None, "job_id": job.group(1) if job else None, "tracking_url": "", "final": final}
+
+    def wait(self, job: dict, say=None) -> dict:
+        from . import yarn
+
+        if "final" not in job:
+            app = yarn.wait(job, job["what"], self.timeout, say=say)
+            job["final"] = {k: app.get(k) for k in ("state", "finalStatus", "diagnostics", "elapsedTime")}
+        return job
+
+    def retry(self, job: dict) -> dict | None:
+        """In uber mode a failing task ran inside the ApplicationMaster, whose task logs the
+        JobHistory server does not list: the job runs once more in task containers, which retries it
+        the usual way and, if it fails again, gives the failing task's stderr."""
+        from .yarn import state_of
+
+        if state_of(job["final"]) == "succeeded" or not job.get("uber"):
+            return None
+        log.warning("%s failed in uber mode; running it again in task containers", job["what"])
+        return self.submit(job["stage"], uber=False, **_areas(job["stage"], job["args"]))
+
+    def collect(self, job: dict):
+        """The job's result (reading its output), or HadoopJobError with the failing task's stderr."""
+        from .yarn import state_of, summary_of
+
+        if state_of(job["final"]) != "succeeded":
+            app = job.get("application_id")
+            stderr = failed_task_stderr(app) if app else job["final"].get("diagnostics", "")
             raise HadoopJobError(
-                f"iteration {iteration}: Hadoop Streaming job failed (exit {done.returncode}); application "
-                f"{self.last_job['application_id'] or '(none: failed before or without YARN)'}, tracking URL "
-                f"{self.last_job['tracking_url'] or '-'}\n{stderr}"
-            )
+                f"{job['what']}: Hadoop Streaming job failed ({summary_of(job['final']).splitlines()[0][:200]}); "
+                f"application {app or '(none: LocalJobRunner)'}, tracking URL {job.get('tracking_url') or '-'}\n{stderr}")
+        try:
+            if job["stage"] == "iterate":
+                return self._collect_iteration(job)
+            from . import stages
+
+            return stages.collect(self, job)
+        finally:
+            if self.hdfs.exists(job["output"]):
+                self.hdfs.delete(job["output"])
+
+    def output_parts(self, job: dict) -> list[tuple[str, list[str]]]:
+        """The job's part files, in order: (path, lines)."""
+        from ..streaming import utf8_lines
+
+        parts = []
+        for name in sorted(self.hdfs.list(job["output"])):
+            if name.startswith("part-"):
+                part = posixpath.join(job["output"], name)
+                parts.append((part, utf8_lines(self.hdfs.read_bytes(part), part)))
+        return parts
+
+    def _collect_iteration(self, job: dict) -> dict[str, dict]:
+        from ..streaming import parse_reduce_output
+
+        args = job["args"]
+        area, image_ids, iteration = WorkArea(args["area"]), args["image_ids"], args["iteration"]
+        results = {}
+        try:  # each part file holds every record of its images (partitioned by image id)
+            for part, lines in self.output_parts(job):
+                results.update(parse_reduce_output(lines, part))
+        except ValueError as err:  # names the part file and the line, never its bytes
+            raise HadoopJobError(f"job {job.get('application_id')}: unusable reducer output: {err}") from None
+        missing = set(image_ids) - set(results)
+        if missing:
+            raise HadoopJobError(f"job {job.get('application_id')} returned nothing for {sorted(missing)}")
+        figures = {}
+        for image_id in image_ids:  # the reducer wrote clusters-NNN and stats-NNN (run_reduce_to_hdfs)
+            new, stats = results[image_id]
+            self._centroids[(area.root, image_id, iteration)] = new  # the next iteration's, unread
+            figures[image_id] = {**stats, "iteration": iteration}
+        return figures
+
+
+def _jsonable(args: dict) -> dict:
+    """A job's arguments as JSON (a WorkArea becomes its root)."""
+    return {k: (v.root if isinstance(v, WorkArea) else v) for k, v in args.items()}
+
+
+def _areas(stage: str, args: dict) -> dict:
+    """A job's JSON arguments back as keywords of submit (the work area as a WorkArea)."""
+    return {k: (WorkArea(v) if k == "area" else v) for k, v in args.items()}
