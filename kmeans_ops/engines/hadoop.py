@@ -152,6 +152,7 @@ NO_COMMIT = ["-outputformat", "org.apache.hadoop.mapred.lib.NullOutputFormat"]
 
 class HadoopEngine(Engine):
     name = "hadoop"
+    remote_stages = ("ingest", "reconstruct")
 
     def __init__(self, framework: str | None = None, python: str | None = None, timeout: float | None = None,
                  hdfs=None):
@@ -176,10 +177,17 @@ class HadoopEngine(Engine):
     def work_root(self) -> str:
         return settings.hdfs_work_root() or posixpath.join(self.hdfs.home(), "kmeans-work")
 
+    def area_for(self, key: str) -> WorkArea:
+        """The HDFS work area of run ``key`` (where cluster jobs ingest into, and stage uploads)."""
+        return WorkArea(posixpath.join(self.work_root(), key))
+
     def stage(self, local: WorkArea, key: str) -> WorkArea:
-        """Upload a run's local work area (written by ingest) to HDFS, atomically; returns it there."""
-        remote = WorkArea(posixpath.join(self.work_root(), key))
-        self.hdfs.upload_dir(local.root, remote.root)
+        """Upload the images of a local work area (written by ingest in process) into run ``key``'s
+        HDFS work area, each image's folder atomically, beside those a cluster job ingested there."""
+        remote = self.area_for(key)
+        images = os.path.join(local.root, "images")
+        for image_id in sorted(os.listdir(images)) if os.path.isdir(images) else []:
+            self.hdfs.upload_dir(local.image_dir(image_id), remote.image_dir(image_id))
         return remote
 
     def fetch(self, area: WorkArea, image_id: str, local_root: str) -> WorkArea:

@@ -155,7 +155,7 @@ def _reconstruct_one(image: dict, conf: dict) -> dict:
         try:
             for name in sorted(os.listdir(out)):
                 with open(os.path.join(out, name), "rb") as handle:
-                    hdfs.write_bytes(posixpath.join(conf["staging"], name), handle.read())
+                    hdfs.write_bytes(posixpath.join(hdfs_path(conf["staging"]), name), handle.read())
             with open(result["json"], encoding="utf-8") as handle:
                 output = json.load(handle).get("output")
             source = os.path.join(tmp, "source")
