@@ -148,6 +148,8 @@ def failed_task_stderr(app_id: str, tail: int = 4000) -> str:
 #: Jobs whose tasks write their results through WebHDFS themselves: no MapReduce output, so no task
 #: waits for the ApplicationMaster's permission to commit (Task.commit polls it every 1000 ms).
 NO_COMMIT = ["-outputformat", "org.apache.hadoop.mapred.lib.NullOutputFormat"]
+#: Largest map input of an iteration (CombineTextInputFormat): HDFS's default block size.
+COMBINED_SPLIT_BYTES = 128 << 20
 
 
 class HadoopEngine(Engine):
@@ -162,6 +164,7 @@ class HadoopEngine(Engine):
         self._hdfs = hdfs
         self._means: dict[tuple[str, str], list[float]] = {}
         self._centroids: dict[tuple[str, str, int], object] = {}  # (area, image id, iteration) -> (K, 3)
+        self._submitter = None  # yarn.Submitter, False when none can be kept
         self.last_job: dict = {}
         self.jobs = 0  # jobs submitted by this engine
 
@@ -250,7 +253,11 @@ class HadoopEngine(Engine):
             "reducer": f"reduce centroids.tsv {float(delta)!r} {area.root} {iteration} {output}",
             # One reducer: the shuffle carries K records per image and map task, so one reducer is
             # never the bottleneck, and it lets a small job run in uber mode.
-            "options": ["-D", "mapreduce.job.reduces=1"], "streaming": NO_COMMIT,
+            # Small points files share a map task, up to a block's worth (a batch of a few photos
+            # is one map: one Python start, not one per image); larger ones still split by block.
+            "options": ["-D", "mapreduce.job.reduces=1", "-D", "stream.map.input.ignoreKey=true",
+                        "-D", f"mapreduce.input.fileinputformat.split.maxsize={COMBINED_SPLIT_BYTES}"],
+            "streaming": ["-inputformat", "org.apache.hadoop.mapred.lib.CombineTextInputFormat", *NO_COMMIT],
             "env": self.node_env(),
         }
 
@@ -298,7 +305,7 @@ class HadoopEngine(Engine):
                 shipped.append(os.path.join(tmp, name))
                 with open(shipped[-1], "wb") as handle:
                     handle.write(data)
-            command = client_command() + options + ["-files", ",".join(shipped)]
+            command = options + ["-files", ",".join(shipped)]
             for name, value in {"PYTHONPATH": "kmeans_ops.zip", **spec.get("env", {})}.items():
                 command += ["-cmdenv", f"{name}={value}"]
             command += ["-input", ",".join(spec["inputs"]), "-output", output, "-mapper", f"{task} {spec['mapper']}"]
@@ -307,13 +314,31 @@ class HadoopEngine(Engine):
                         *spec.get("streaming", [])]
             log.info("submitting %s: %s", spec["what"], " ".join(command[-12:]))
             if self.framework == "local":  # LocalJobRunner runs the job inside the client: it cannot go on alone
-                job = self._run_locally(command, env, spec["what"])
-            else:  # the client hands the job to YARN (-background) and exits: waiting is wait()'s
-                job = yarn.submit(command, env, self.timeout, spec["what"])
+                job = self._run_locally(client_command() + command, env, spec["what"])
+            else:  # the client hands the job to YARN (-background) and returns: waiting is wait()'s
+                job = yarn.submit(self._client(env), command, env, self.timeout, spec["what"])
         self.jobs += 1
         job.update(what=spec["what"], output=output, framework=self.framework)
         self.last_job = {k: job.get(k) for k in ("application_id", "job_id", "tracking_url", "framework")}
         return job
+
+    def _client(self, env: dict):
+        """The Hadoop client of this engine's jobs: one JVM kept for all of them (yarn.Submitter)
+        when the client is plain ``java`` with a JDK (the dev cluster's jars, or HADOOP_HOME's
+        ``bin/hadoop classpath``), else the command that starts one per job."""
+        from . import yarn
+
+        if self._submitter is None and settings.hadoop_keep_client():
+            command = client_command()
+            java = command[0] if command[0].endswith("/java") else os.path.join(settings.java_home(), "bin", "java")
+            try:
+                if yarn.Submitter.available(java):
+                    opts, class_path = _jvm_route(command, env)
+                    self._submitter = yarn.Submitter(java, opts, class_path, env)
+            except (HadoopJobError, OSError, subprocess.SubprocessError) as err:
+                log.warning("a client JVM per job (could not keep one: %s)", str(err).splitlines()[0])
+                self._submitter = False
+        return self._submitter or client_command()
 
     def _run_locally(self, command: list[str], env: dict, what: str) -> dict:
         try:
@@ -396,6 +421,17 @@ class HadoopEngine(Engine):
             self._centroids[(area.root, image_id, iteration)] = new  # the next iteration's, unread
             figures[image_id] = {**stats, "iteration": iteration}
         return figures
+
+
+def _jvm_route(command: list[str], env: dict) -> tuple[list[str], str]:
+    """(JVM options, class path) of the Hadoop client ``command``: the dev route's own, or with
+    HADOOP_HOME the add-opens set and ``bin/hadoop classpath``."""
+    if "-cp" in command:
+        at = command.index("-cp")
+        return command[1:at], command[at + 1]
+    done = subprocess.run([command[0], "classpath"], capture_output=True, text=True, timeout=120, env=env, check=True)
+    conf = env.get("HADOOP_CONF_DIR") or settings.hadoop_conf_dir()
+    return ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *JAVA_OPENS], f"{conf}:{done.stdout.strip()}"
 
 
 def _jsonable(args: dict) -> dict:
