@@ -133,7 +133,7 @@ def publish(output_root: str, key: str, results: list[dict], failures: list[dict
     fs.makedirs(staging)
     summary = {
         "run": {**run, "published_at": time.time()},
-        "images": [{k: v for k, v in r.items() if k != "history"} for r in results],
+        "images": [{k: v for k, v in r.items() if k not in ("history", "thumbnails")} for r in results],
         "failures": failures,
     }
     fs.write_bytes(fs.join(staging, PUBLISHED_MARKER), json_bytes(summary))
@@ -147,9 +147,10 @@ def publish(output_root: str, key: str, results: list[dict], failures: list[dict
 
 
 def _report_images(results: list[dict]) -> list[str]:
-    """The names of the output images the report shows (beside it, in the run folder)."""
+    """The names of the output images the report shows (beside it, in the run folder); none for an
+    image whose thumbnails were made where it was reconstructed (on a node of the cluster)."""
     return sorted({str(r["output"]).rsplit("/", 1)[-1] for r in results if isinstance(r.get("output"), str)
-                   and r["output"]})
+                   and r["output"] and not isinstance(r.get("thumbnails"), dict)})
 
 
 def _point_latest(fs, output_root: str, key: str) -> None:

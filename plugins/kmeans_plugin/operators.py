@@ -164,9 +164,12 @@ class PublishOperator(BaseOperator):
 
         from kmeans_ops.paths import filesystem
 
-        if isinstance(result.get("figures"), dict):
-            return result["figures"]
-        return json.loads(filesystem(result["json"]).read_bytes(result["json"]))
+        figures = result["figures"] if isinstance(result.get("figures"), dict) else json.loads(
+            filesystem(result["json"]).read_bytes(result["json"]))
+        if isinstance(result.get("thumbnails"), str):  # made on the node (kmeans_ops.engines.stages)
+            thumbnails = result["thumbnails"]
+            figures = {**figures, "thumbnails": json.loads(filesystem(thumbnails).read_bytes(thumbnails))}
+        return figures
 
     @staticmethod
     def stages(marks: list, started: float | None) -> list[list]:
