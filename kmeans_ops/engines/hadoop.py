@@ -1,20 +1,27 @@
 """The Hadoop engine: each iteration is one Hadoop Streaming job for a batch of images, data in HDFS.
 
-- The mapper, combiner and reducer are ``python -m kmeans_ops.streaming map|combine|reduce``, thin
-  adapters over the same kmeans_ops.mapreduce functions as the embedded engine. The package itself
-  travels with the job as ``kmeans_ops.zip`` and the current centroids as ``centroids.tsv``, both
-  through the distributed cache (``-files``); the nodes need Python 3 with NumPy.
-- A batch of N images is one job per iteration (its input is the N points files).
-- Submission uses Hadoop's own client: ``$HADOOP_HOME/bin/hadoop jar <streaming jar>`` when
-  HADOOP_HOME is set, else ``java -cp <conf>:<jars>/* org.apache.hadoop.streaming.HadoopStreaming``
-  with the jars of ``bin/hadoop-dev`` (``.hadoop-dev/jars``) and HADOOP_CONF_DIR (default
-  ``.hadoop-dev/conf``).
+- The tasks are ``python -m kmeans_ops.streaming map|reduce``, thin adapters over the same
+  kmeans_ops.mapreduce functions as the embedded engine (the mapper combines in memory: no combiner
+  process), and, for images in HDFS, ``ingest|reconstruct`` as map-only jobs on the nodes
+  (kmeans_ops.engines.stages). The package travels with each job as ``kmeans_ops.zip`` and the
+  job's own file (``centroids.tsv``, ``job.json``) through the distributed cache (``-files``).
+- A batch of N images is one job per iteration (its input is the N points files; small ones share
+  a map task). The reducer writes the new centroids into the work area itself (WebHDFS), so the job
+  has no MapReduce output and no task waits for its commit.
+- Jobs go through :meth:`HadoopEngine.submit` (the client hands the job to YARN with
+  ``-background`` and returns), :meth:`~HadoopEngine.wait` (the ResourceManager's REST API,
+  kmeans_ops.engines.yarn, or an Airflow trigger instead), :meth:`~HadoopEngine.retry` and
+  :meth:`~HadoopEngine.collect`. The client is Hadoop's own: ``$HADOOP_HOME/bin/hadoop jar
+  <streaming jar>`` when HADOOP_HOME is set, else ``java -cp <conf>:<jars>/* ...HadoopStreaming``
+  with the jars of ``bin/hadoop-dev`` and HADOOP_CONF_DIR (default ``.hadoop-dev/conf``); one
+  client JVM is kept for all the jobs of a process when a JDK is there (yarn.Submitter).
 - A failed job raises :class:`HadoopJobError` with the YARN application id, its tracking URL and the
   tail of the failing task's stderr (read from the JobHistory and NodeManager REST APIs).
 
 Settings (kmeans_ops.settings): HADOOP_HOME, HADOOP_CONF_DIR, HADOOP_DEV_DIR, HADOOP_DEV_JARS,
 JAVA_HOME, KMEANS_HADOOP_FRAMEWORK ("yarn", the default, or "local" for LocalJobRunner against the
-same HDFS), KMEANS_STREAMING_PYTHON, KMEANS_HDFS_WORK_ROOT, KMEANS_HADOOP_TIMEOUT.
+same HDFS), KMEANS_HADOOP_UBER, KMEANS_HADOOP_KEEP_CLIENT, KMEANS_STREAMING_PYTHON,
+KMEANS_HDFS_WORK_ROOT, KMEANS_HADOOP_TIMEOUT, KMEANS_IMAGES_PER_TASK, KMEANS_YARN_POLL_MS.
 """
 
 from __future__ import annotations
