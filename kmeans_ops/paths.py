@@ -288,7 +288,11 @@ class HdfsFS:
             with self.hdfs.client.read(path, chunk_size=CHUNK) as reader:
                 return sha256_chunks(reader)
 
-        return self.hdfs.call("read", path, read)
+        from .hdfs import BYTES_READ
+
+        digest, read_bytes = self.hdfs.call("read", path, read)
+        BYTES_READ[0] += read_bytes
+        return digest, read_bytes
 
     def content_key(self, uri: str) -> tuple[str, int | None]:
         """(content key, None: no byte of the file is read here): the file checksum HDFS keeps,
@@ -357,8 +361,12 @@ class HdfsFS:
         opened, chunks = self.hdfs.call("read", path, open_file)
 
         def stream():
+            from .hdfs import BYTES_READ
+
             try:
-                yield from chunks
+                for chunk in chunks:
+                    BYTES_READ[0] += len(chunk)
+                    yield chunk
             finally:
                 opened.__exit__(None, None, None)
 
