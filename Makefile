@@ -16,11 +16,14 @@ DOCS_STAMP := $(DOCS_VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt bin/setup-system
+# The pinned requirements, then the checkout itself as a package, editable (pyproject.toml): the
+# console script kmeans-colours, and the Airflow plugin and provider found through their entry points.
+$(STAMP): requirements.txt constraints.txt pyproject.toml bin/setup-system
 	bin/setup-system
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 demo: setup

@@ -231,7 +231,7 @@ def hadoop_uber() -> bool:
 
 def hadoop_keep_client() -> bool:
     """Whether the Hadoop engine keeps one client JVM for all the jobs of a process
-    (hadoop/submitter/KMeansSubmitter.java) instead of starting one per job."""
+    (kmeans_ops/engines/KMeansSubmitter.java) instead of starting one per job."""
     value = env("KMEANS_HADOOP_KEEP_CLIENT", "true").lower()
     if value not in ("true", "false"):
         raise SettingError(f"KMEANS_HADOOP_KEEP_CLIENT must be 'true' or 'false', got {value!r}")

@@ -258,7 +258,7 @@ def prepare_site(tmp, test_dag: str, test_dag_source: str, extra_env: dict | Non
     env.update({
         "AIRFLOW_HOME": home,
         "AIRFLOW__CORE__DAGS_FOLDER": dags,
-        "AIRFLOW__CORE__PLUGINS_FOLDER": os.path.join(ROOT, "plugins"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": os.path.join(home, "plugins"),  # the plugin: the package's entry point
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "KMEANS_HOME": home,
         "PYTHONPATH": ROOT,

@@ -106,11 +106,12 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-SUBMITTER_SOURCE = os.path.join(settings.PROJECT_DIR, "hadoop", "submitter", "KMeansSubmitter.java")
+#: Shipped inside the package (package data), compiled where the client runs.
+SUBMITTER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "KMeansSubmitter.java")
 
 
 class Submitter:
-    """One Hadoop client JVM for all the jobs of a run (hadoop/submitter/KMeansSubmitter.java): a
+    """One Hadoop client JVM for all the jobs of a run (kmeans_ops/engines/KMeansSubmitter.java): a
     job is one line of arguments on its stdin, answered by ``OK <app id> <url>`` or ``ERR``.
     Starting a client JVM per job costs 2-3 s on a small machine; the class is compiled once per
     Hadoop class path (javac of the client's JDK) into the temporary folder. The JVM ends when

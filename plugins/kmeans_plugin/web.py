@@ -1,6 +1,6 @@
 """The results app: published K-means runs, served by the Airflow API server (same origin as the UI).
 
-The plugin mounts it under ``/kmeans`` (kmeans_plugin.__init__). Read only: GET routes only.
+The plugin mounts it under ``/kmeans`` (kmeans_plugin.plugin). Read only: GET routes only.
 
 Authentication: Airflow mounts a plugin app with ``app.mount()``, which inherits none of the core
 API's dependencies, so an undeclared route would be open to anyone. Every route here declares
