@@ -7,8 +7,9 @@ The page is the Jinja2 template ``templates/report.html.j2`` (with ``_macros.htm
 - :func:`write_report` writes the page (atomically) from the per-image result dicts written by
   :func:`kmeans_ops.reconstruct.finish`, the failures and the run's description;
   :func:`render_report` returns it as a string; :func:`report_context` is what the template gets.
-- :func:`thumbnail_data_uri` makes the before / after thumbnails; :func:`chart_geometry` the
-  coordinates of the convergence charts; :func:`run_times` the run's wall time and time per stage.
+- :func:`thumbnail_data_uri` makes the before / after thumbnails; :func:`line_chart` draws a
+  convergence chart with matplotlib, as SVG the page embeds; :func:`run_times` the run's wall time
+  and time per stage.
 - :func:`shared_palettes` groups the images that share a palette (``palette`` "run" or a palette
   file): the page shows each shared palette once, near the top, and in each image's section the
   image's share of each of its colours instead of a palette of its own.
@@ -16,16 +17,18 @@ The page is the Jinja2 template ``templates/report.html.j2`` (with ``_macros.htm
   is published in the report's folder.
 
 Escaping: the environment autoescapes every value, with :func:`html.escape` (so ``'`` is written
-``&#x27;``, as the page always was). File names, messages and warnings are also passed through
+``&#x27;``, as the page always was), except the charts' SVG, which matplotlib writes (escaping its
+text) from numbers and this module's own labels. File names, messages and warnings are also passed through
 :func:`kmeans_ops.errors.shown`, so each is shown on one line. Nothing of a file's content is shown.
 Palette colours are written as lower-case hex codes (``#a1b2c3``). Importing this module is cheap:
-Jinja2 is imported to render, OpenCV and NumPy only to make thumbnails.
+Jinja2 is imported to render, matplotlib to draw charts, OpenCV and NumPy only to make thumbnails.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import io
 import math
 import os
 import re
@@ -327,123 +330,121 @@ def run_times(run: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Chart geometry (the SVG itself is the template's ``line_chart`` macro)
+# Charts: drawn by matplotlib, as inline SVG
+
+#: Size of a chart, in CSS pixels (the SVG's viewBox: matplotlib writes SVG at 72 dpi, 1 pt = 1 px).
+CHART_SIZE = (520, 250)
+
+#: The charts' look as matplotlib settings: the page's colours and sizes. Text stays text
+#: (``svg.fonttype`` "none": small, selectable) in one font that matplotlib ships, so its metrics
+#: and the bytes written are the same on every machine; a browser without it uses its sans-serif.
+CHART_STYLE = {
+    "svg.fonttype": "none", "text.parse_math": False,  # a "$" is a dollar sign
+    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 11,
+    "axes.titlesize": 13, "axes.titleweight": "bold", "axes.titlecolor": "#1f2933", "axes.titlelocation": "left",
+    "axes.titlepad": 9, "axes.labelsize": 12, "axes.labelcolor": "#3e4c59", "axes.labelpad": 5,
+    "axes.edgecolor": "#9aa5b1", "axes.linewidth": 1, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "axes.grid.axis": "y", "axes.axisbelow": True, "grid.color": "#edf0f3", "grid.linewidth": 1,
+    "axes.xmargin": 0.03, "axes.ymargin": 0.08, "axes.formatter.useoffset": False,
+    "xtick.color": "#9aa5b1", "xtick.labelcolor": "#616e7c", "xtick.major.size": 4, "xtick.major.width": 1,
+    "ytick.labelcolor": "#616e7c", "ytick.major.size": 0, "ytick.major.pad": 6,
+    "lines.linewidth": 2, "lines.solid_joinstyle": "round",
+}
+#: Re-seeded iterations (a triangle above the point, a dotted guide) and the ``delta`` line.
+RESEED_COLOUR, GUIDE_COLOUR, DELTA_COLOUR = "#ea580c", "#fdba74", "#b91c1c"
 
 
-def _nice_step(span: float, target: int) -> float:
-    raw = span / max(1, target)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 2.5, 5, 10):
-        if raw <= m * magnitude * 1.0000001:
-            return m * magnitude
-    return 10 * magnitude
+def line_chart(points: list[tuple[int, float]], *, key: str, title: str, y_label: str, colour: str,
+               marks: set | frozenset = frozenset(), hline: float | None = None, hline_label: str = "",
+               y_from_zero: bool = False, value_format=None) -> dict:
+    """A line chart of ``(iteration, value)`` points drawn by matplotlib: ``{"title", "svg",
+    "points"}``, ``svg`` the SVG element to embed (markup), ``points`` how many points it shows.
 
+    One dot per point with its tooltip (``iteration 3: 1,234``); iterations in ``marks`` get a
+    triangle above their dot and a dotted guide (clusters re-seeded); ``hline`` is a dashed line
+    labelled ``hline_label``; y values of 10,000 and more read 120k, 3.5M. ``key``, unique on the
+    page, salts the SVG's ids (several charts on one page). "no data" when no point has a number.
+    No pyplot: a Figure of its own, the style applied while it draws (``rc_context``).
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter, MaxNLocator, StrMethodFormatter
+    from matplotlib.transforms import offset_copy
 
-def _y_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    if hi <= lo:
-        pad = abs(hi) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    step = _nice_step(hi - lo, target)
-    start = math.floor(lo / step + 1e-9) * step
-    ticks = []
-    value = start
-    while value < hi + step * 0.999:
-        ticks.append(round(value, 12))
-        value = start + step * len(ticks)
-        if len(ticks) > 50:
-            break
-    return ticks
-
-
-def _tick_label(value: float, step: float, top: float) -> str:
-    """Compact tick labels (k, M, G suffixes) with just enough decimals to tell ticks apart."""
-    unit, suffix = 1.0, ""
-    for u, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if top >= u and top >= 1e4:
-            unit, suffix = u, s
-            break
-    scaled_step = step / unit
-    digits = 0
-    while digits < 6 and abs(round(scaled_step, digits) - scaled_step) > scaled_step * 1e-6:
-        digits += 1
-    text = f"{value / unit:.{digits}f}"
-    if text.startswith("-") and float(text) == 0:
-        text = text[1:]
-    return text + suffix
-
-
-def _x_ticks(n: int) -> list[int]:
-    if n <= 1:
-        return [1]
-    step = max(1, int(_nice_step(n - 1, 6)))
-    if step not in (1, 2, 5) and step % 5:
-        step = int(math.ceil(step / 5) * 5)
-    ticks = [1] + [t for t in range(step, n + 1, step) if t > 1]
-    if len(ticks) > 1 and ticks[1] - 1 < step / 2.5:
-        ticks.pop(1)
-    return ticks
-
-
-def chart_geometry(points: list[tuple[int, float]], *, title: str, y_label: str, colour: str,
-                   marks: set | frozenset = frozenset(), hline: float | None = None,
-                   hline_label: str = "", y_from_zero: bool = False, value_format=None,
-                   width: int = 520, height: int = 250) -> dict:
-    """Everything the ``line_chart`` macro draws for ``(iteration, value)`` points, coordinates
-    formatted to 0.1 px: grid lines and y ticks, x ticks, the line, one dot per point with its
-    tooltip; iterations in ``marks`` get a triangle and a vertical guide (clusters re-seeded),
-    ``hline`` a dashed horizontal line. ``empty`` when no point has a number."""
     fmt = value_format or (lambda v: f"{v:.4g}")
-    left, right, top, bottom = 64, 16, 30, 44
-    plot_w, plot_h = width - left - right, height - top - bottom
-    chart = {"title": title, "y_label": y_label, "colour": colour, "width": width, "height": height,
-             "left": left, "top": top, "right_x": left + plot_w, "bottom_y": top + plot_h,
-             "mid_x": f"{left + plot_w / 2:g}", "mid_y": f"{top + plot_h / 2:g}"}
-    points = [(int(x), y) for x, y in points if _num(y) is not None and _num(x) is not None]
-    if not points:
-        return dict(chart, empty=True, centre_x=f"{width / 2:g}", centre_y=f"{height / 2:g}")
-    ys = [y for _, y in points]
-    lo, hi = min(ys), max(ys)
-    if hline is not None:
-        lo, hi = min(lo, hline), max(hi, hline)
-    if y_from_zero:
-        lo = min(0.0, lo)
-    ticks = _y_ticks(lo, hi)
-    y0, y1 = ticks[0], ticks[-1]
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    if y1 <= y0:  # values too close to tell apart at tick precision (e.g. squared errors of 1e-13)
-        y1 = y0 + (step if step > 0 else 1.0)
-    n = max(x for x, _ in points)
-    inset = 8  # keep the first and last markers off the axes
-
-    def sx(x):
-        return left + inset + (plot_w - 2 * inset) * ((x - 1) / (n - 1) if n > 1 else 0.5)
-
-    def sy(y):
-        return top + plot_h - plot_h * (y - y0) / (y1 - y0)
-
-    top_value = max(abs(y0), abs(y1))
-    dots = []
-    for x, y in points:
-        tip = f"iteration {x}: {fmt(y)}" + (" — clusters re-seeded" if x in marks else "")
-        dots.append({"x": f"{sx(x):.1f}", "y": f"{sy(y):.1f}", "tip_y": f"{sy(y) - 11:.1f}", "tip": tip,
-                     "reseed": x in marks})
-    return dict(
-        chart,
-        empty=False,
-        y_ticks=[{"y": f"{sy(t):.1f}", "label_y": f"{sy(t) + 4:.1f}", "label": _tick_label(t, step, top_value)}
-                 for t in ticks],
-        x_ticks=[{"x": f"{sx(t):.1f}", "label": t} for t in _x_ticks(n)],
-        hline=None if hline is None else {"y": f"{sy(hline):.1f}", "label_y": f"{sy(hline) - 5:.1f}",
-                                          "label_x": left + inset + 24, "label": hline_label},
-        guides=[f"{sx(x):.1f}" for x, _ in points if x in marks],
-        line=" ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points),
-        radius=3 if len(points) <= 60 else 1.5,
-        dots=dots,
-    )
+    points = [(int(x), float(y)) for x, y in points if _num(y) is not None and _num(x) is not None]
+    width, height = CHART_SIZE
+    tips = {}  # gid of a marker line -> the tooltip of each of its points
+    with matplotlib.rc_context(dict(CHART_STYLE, **{"svg.hashsalt": key})):
+        fig = Figure(figsize=(width / 72, height / 72))
+        fig.subplots_adjust(left=64 / width, right=1 - 16 / width, bottom=44 / height, top=1 - 30 / height)
+        ax = fig.add_subplot()
+        ax.set_title(title)
+        if not points:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="#3e4c59")
+        else:
+            xs, ys = [x for x, _ in points], [y for _, y in points]
+            text = [f"iteration {x}: {fmt(y)}" + (" — clusters re-seeded" if x in marks else "") for x, y in points]
+            reseeded = [(x, y, tip) for (x, y), tip in zip(points, text) if x in marks]
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(y_label)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10], integer=True, min_n_ticks=1))
+            top = max(abs(y) for y in ys + ([hline] if hline is not None else []))
+            if top >= 1e4:
+                ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 3.5M
+            elif 0 < top < 1e-3:
+                ax.yaxis.set_major_formatter(StrMethodFormatter("{x:.3g}"))  # 2e-13, no multiplier above the axis
+            for x, _, _ in reseeded:
+                ax.axvline(x, color=GUIDE_COLOUR, linewidth=1, linestyle=(0, (2, 3)))
+            if hline is not None:
+                ax.axhline(hline, color=DELTA_COLOUR, linewidth=1.3, linestyle=(0, (6, 4)))
+                ax.annotate(hline_label, (0, hline), xycoords=ax.get_yaxis_transform(), xytext=(32, 5),
+                            textcoords="offset points", color=DELTA_COLOUR)
+            ax.plot(xs, ys, color=colour, marker="o", markersize=6 if len(points) <= 60 else 3,
+                    markeredgewidth=0, clip_on=False, gid=f"{key}-points")
+            tips[f"{key}-points"] = text
+            if min(ys) >= 0 and (y_from_zero or ax.get_ylim()[0] < 0):  # no negative squared error or shift
+                ax.set_ylim(bottom=0)
+            if reseeded:  # added as an artist: the limits are the data's alone
+                ax.add_artist(Line2D([x for x, _, _ in reseeded], [y for _, y, _ in reseeded], linestyle="none",
+                                     marker="v", markersize=11, markeredgewidth=0, color=RESEED_COLOUR,
+                                     transform=offset_copy(ax.transData, fig=fig, y=16, units="points"),
+                                     clip_on=False, gid=f"{key}-reseeded"))
+                tips[f"{key}-reseeded"] = [tip for _, _, tip in reseeded]
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    return {"title": title, "svg": _Escaped(_inline_svg(buffer.getvalue(), tips)), "points": len(points)}
 
 
-def _charts(r: dict, delta) -> dict:
-    """The image's two convergence charts (SSE and largest shift per iteration) and their legend."""
+def _inline_svg(svg: str, tips: dict[str, list[str]]) -> str:
+    """matplotlib's SVG made ready to sit in the page: without the XML prolog, the style element
+    (report.css has its rule), the ids of its groups (``figure_1``, ``axes_1``...: the same in
+    every chart, referenced by nothing), its no-op rotations and its indentation; each marker of
+    the lines in ``tips`` (by gid) with its tooltip, in the order of the points."""
+    svg = svg[re.search(r"<(?![?!])", svg).start():]  # the root element, after <?xml?> and <!DOCTYPE>
+    svg = re.sub(r"\s*<defs>\s*<style[^<]*</style>\s*</defs>", "", svg, count=1)
+    svg = re.sub(r' id="[a-z][a-z0-9.]*_[0-9]+"', "", svg)
+    svg = re.sub(r' transform="rotate\(-0 [^"]*\)"|\s*<g/>', "", svg)  # no-op rotations, empty groups
+    svg = re.sub(r"\n\s+", "\n", svg)  # the indentation (no text element spans lines)
+    for gid, texts in tips.items():
+        start = svg.find(f'<g id="{gid}">')
+        end = svg.find("<g id=", start + 1)  # the next group with an id
+        end = len(svg) if end < 0 else end
+        group = svg[start:end]
+        if start < 0 or len(re.findall(r"<use [^>]*/>", group)) != len(texts):
+            continue  # never so (every point is in the figure): the points without tooltips
+        titles = iter(texts)
+        group = re.sub(r"<use ([^>]*)/>", lambda m: f"<use {m.group(1)}><title>{escape(next(titles))}</title></use>",
+                       group)
+        svg = svg[:start] + group + svg[end:]
+    return svg.rstrip() + "\n"
+
+
+def _charts(r: dict, delta, key: str) -> dict:
+    """The image's two convergence charts (SSE and largest shift per iteration) and their legend;
+    ``key``: the section's anchor (the charts' ids are unique on the page)."""
     history = [h for h in (r.get("history") or []) if isinstance(h, dict)]
     if not history:
         return {"charts": [], "reseeded": "", "delta": False}
@@ -453,12 +454,12 @@ def _charts(r: dict, delta) -> dict:
     delta = _num(delta)
     big = lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"  # noqa: E731
     charts = [
-        chart_geometry(sse, title="Squared error (SSE) per iteration", y_label="SSE", colour="#2563eb",
-                       marks=marks, value_format=big),
-        chart_geometry(shift, title="Largest centroid shift per iteration", y_label="max shift (colour units)",
-                       colour="#7c3aed", marks=marks, hline=delta,
-                       hline_label=f"delta = {_plain(delta)}" if delta is not None else "",
-                       y_from_zero=True, value_format=lambda v: f"{v:.4g}"),
+        line_chart(sse, key=f"{key}-sse", title="Squared error (SSE) per iteration", y_label="SSE",
+                   colour="#2563eb", marks=marks, value_format=big),
+        line_chart(shift, key=f"{key}-shift", title="Largest centroid shift per iteration",
+                   y_label="max shift (colour units)", colour="#7c3aed", marks=marks, hline=delta,
+                   hline_label=f"delta = {_plain(delta)}" if delta is not None else "",
+                   y_from_zero=True, value_format=lambda v: f"{v:.4g}"),
     ]
     reseeded = ""
     if marks:
@@ -628,7 +629,7 @@ def _group(number: int, members: list[tuple[int, dict]], delta) -> dict:
         "view": view,
         "by_image": by_image,
         "fixed": fixed,
-        "convergence": _charts(first, delta) if not fixed else {"charts": [], "reseeded": "", "delta": False},
+        "convergence": _charts(first, delta, f"palette-{number}") if not fixed else {"charts": [], "reseeded": "", "delta": False},
         "iterations": _int(first.get("iterations")),
         "converged": first.get("converged"),
     }
@@ -795,7 +796,7 @@ def _image(i: int, r: dict, run_params: dict | None, folder: str | None, group: 
         "group": group,
         "palette": None if shared else _palette(r),
         "shares": image_shares(r, group) if shared else None,
-        "convergence": None if shared else _charts(r, params.get("delta")),
+        "convergence": None if shared else _charts(r, params.get("delta"), f"img-{i}"),
         "figures": _figures(r, params, group),
     }
 

@@ -121,6 +121,33 @@ def hex_of(rgb) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
+CHART = re.compile(r'<div class="chart" role="img" aria-label="([^"]*)">\s*(<svg .*?</svg>)', re.S)
+#: The only URLs of the page that are not links inside it: the SVG's namespace names (never fetched).
+NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+
+
+def charts(text: str) -> list[tuple[str, str]]:
+    """``(title, svg)`` of each chart of the page (or of a part of it), in order."""
+    return CHART.findall(text)
+
+
+def tips(svg: str) -> list[str]:
+    """The tooltips of a chart's points (and of its re-seeded markers), in order."""
+    return [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", svg)]
+
+
+def assert_self_contained(text: str):
+    """No script, nothing fetched: every URL is a data: URI, a link in the page or beside it, or
+    an SVG namespace name; every id is unique (the charts' ids too)."""
+    assert "<script" not in text.lower() and "javascript:" not in text.lower()
+    assert set(re.findall(r"https?://[^\s\"'<>)]+", text)) <= NAMESPACES
+    for url in re.findall(r'(?:src|href)="([^"]*)"', text):
+        assert url.startswith(("data:image/", "#")) or not re.match(r"[a-z]+:|//", url), url[:80]
+    assert set(re.findall(r"url\(([^)]*)\)", text)) <= {f"#{i}" for i in re.findall(r' id="([^"]+)"', text)}
+    ids = re.findall(r' id="([^"]+)"', text)
+    assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1][:5]
+
+
 def decode_uri(uri: str) -> np.ndarray:
     head, payload = uri.split(",", 1)
     assert head in ("data:image/jpeg;base64", "data:image/png;base64"), head
@@ -217,16 +244,30 @@ def test_report_per_image_content(report):
 
 
 def test_convergence_chart_has_a_point_per_iteration_and_the_delta_line(report):
+    """Each image's two charts, drawn by matplotlib: titled, one point (with its tooltip) per
+    iteration (and a marker for each re-seeded one), the axis labels, the delta line's label on
+    the shift chart, the line colours."""
     path, _, results, _ = report
     text = path.read_text(encoding="utf-8")
-    for result in results:
-        n = len(result["history"])
-        assert n == result["iterations"] >= 1
-        for h in result["history"]:
-            assert f"iteration {h['iteration']}: " in text
-    assert text.count('class="hline"') == len(results)  # delta line on each shift chart
-    assert "delta = 1" in text
-    assert "iteration</text>" in text and "SSE</text>" in text  # axis labels
+    drawn = charts(text)
+    assert len(drawn) == 2 * len(results) == text.count("<svg")
+    for i, result in enumerate(results):
+        (sse_title, sse), (shift_title, shift) = drawn[2 * i : 2 * i + 2]
+        history = result["history"]
+        assert len(history) == result["iterations"] >= 1
+        assert sse_title == "Squared error (SSE) per iteration" and shift_title == "Largest centroid shift per iteration"
+        reseeded = [h for h in history if h["reseeded"]]
+        for svg, key, fmt in ((sse, "sse", lambda v: f"{v:,.0f}"), (shift, "max_shift", lambda v: f"{v:.4g}")):
+            expected = [f"iteration {h['iteration']}: {fmt(h[key])}" + (" — clusters re-seeded" if h["reseeded"] else "")
+                        for h in history]
+            assert tips(svg) == expected + [tip for tip in expected if tip.endswith("re-seeded")]
+            assert len(tips(svg)) == len(history) + len(reseeded)
+        assert f">{sse_title}</text>" in sse and f">{shift_title}</text>" in shift
+        assert ">iteration</text>" in sse and ">iteration</text>" in shift  # the axis labels
+        assert ">SSE</text>" in sse and ">max shift (colour units)</text>" in shift
+        assert ">delta = 1</text>" in shift and "delta" not in sse
+        assert "#2563eb" in sse and "#7c3aed" in shift and "#b91c1c" in shift
+    assert_self_contained(text)
 
 
 def test_report_failures_escaped_and_counted(report):
@@ -289,6 +330,7 @@ def test_seed_points_input_renders(tmp_path):
     assert "no output image" in words
     assert "points &lt;1&gt;.txt" in text
     assert page.sections[0]["svgs"] == 2
+    assert [len(tips(svg)) for _, svg in charts(text)] == [result["iterations"]] * 2
     assert sorted(page.sections[0]["hexes"]) == sorted(hex_of(c) for c in result["palette_rgb"])
 
 
@@ -309,8 +351,18 @@ def test_synthetic_history_with_reseeding_and_nothing_else(tmp_path):
     assert len(page.sections) == 2
     assert [h for h in page.sections[0]["hexes"]] == ["#00ff00", "#ff0000", "#0000ff"]
     assert "50.0 %" in page.sections[0]["shares"]
-    assert text.count('class="reseed"') == 2  # one marker on each chart, at iteration 2
-    assert "iteration 2: 8 — clusters re-seeded" in text
+    (sse, shift), (one_sse, one_shift) = [charts(html_of) for html_of in _section_html(text, "image")]
+    # a marker (with its own tooltip) above the point of iteration 2 on each chart
+    assert tips(sse[1]) == ["iteration 1: 10", "iteration 2: 8 — clusters re-seeded", "iteration 3: 7.5",
+                            "iteration 2: 8 — clusters re-seeded"]
+    assert tips(shift[1]) == ["iteration 1: 4", "iteration 2: 2 — clusters re-seeded", "iteration 3: 0.1",
+                              "iteration 2: 2 — clusters re-seeded"]
+    assert "#ea580c" in sse[1] and "#ea580c" in shift[1]
+    assert "clusters re-seeded (empty cluster) at iteration 2" in plain(page)
+    # one iteration, converged at 0: one point each, no delta (none in the parameters)
+    assert tips(one_sse[1]) == ["iteration 1: 0"] and tips(one_shift[1]) == ["iteration 1: 0"]
+    assert "delta" not in one_shift[1] and "no data" not in text
+    assert_self_contained(text)
     assert "source image could not be read" in plain(page)
 
 
@@ -358,7 +410,7 @@ def test_import_is_cheap():
     import sys
 
     code = ("import sys; import kmeans_ops.report; "
-            "print(any(m in sys.modules for m in ('cv2', 'numpy')))")
+            "print(any(m in sys.modules for m in ('cv2', 'numpy', 'matplotlib', 'jinja2')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "False"
@@ -636,7 +688,10 @@ def test_shared_palette_shown_once_with_the_run_shares(shared_run):
         assert f'href="#img-{i}"' in shared
     # the convergence charts once, in the shared section (every image has the same history)
     assert shared.count("<svg") == 2 and text.count("<svg") == 2
-    assert text.count('class="hline"') == 1
+    (_, sse), (_, shift) = charts(shared)
+    assert len(tips(sse)) == len(tips(shift)) == results[0]["iterations"] == len(results[0]["history"])
+    assert f">delta = {RUN['params']['delta']:g}</text>" in shift and text.count(">delta = ") == 1
+    assert_self_contained(text)
     assert [section["svgs"] for section in page.sections] == [0, 0, 0]
     assert f"{results[0]['iterations']} iterations, converged" in words
 
@@ -762,12 +817,37 @@ def test_fixed_palette_file_with_an_unused_colour(tmp_path):
     assert html.escape(odd[:-4] + "-labels.png") in text
 
 
-@pytest.mark.parametrize("values", [[1e-13, 2e-13], [0.0, 0.0], [3e-13, 3e-13, 1e-13], [5.0]])
+@pytest.mark.parametrize("values", [[1e-13, 2e-13], [0.0, 0.0], [3e-13, 3e-13, 1e-13], [5.0], [2e5, 1e5]])
 def test_charts_of_flat_or_tiny_series_render(values):
     """Squared errors that cannot be told apart at tick precision (an image with about K colours)
-    still give a chart (found by bench/bench_dag.py on 1100 small crops: a division by zero)."""
-    from kmeans_ops.report import chart_geometry
+    still give a chart (found by bench/bench_dag.py on 1100 small crops: a division by zero); a
+    chart is the same bytes every time (text as text, fixed ids)."""
+    from kmeans_ops.report import line_chart
 
-    chart = chart_geometry(list(enumerate(values, 1)), title="SSE", y_label="SSE", colour="#2563eb")
-    ys = [float(dot["y"]) for dot in chart["dots"]]
-    assert len(ys) == len(values) and all(chart["top"] <= y <= chart["bottom_y"] for y in ys)
+    chart = line_chart(list(enumerate(values, 1)), key="k", title="SSE per iteration", y_label="SSE",
+                       colour="#2563eb")
+    svg = str(chart["svg"])
+    assert chart["points"] == len(values) and len(tips(svg)) == len(values)
+    assert svg.startswith("<svg ") and svg.rstrip().endswith("</svg>") and "<?xml" not in svg
+    assert ">SSE per iteration</text>" in svg and "nan" not in svg.lower() and "inf" not in svg
+    assert svg == str(line_chart(list(enumerate(values, 1)), key="k", title="SSE per iteration", y_label="SSE",
+                                 colour="#2563eb")["svg"])
+    if max(values) >= 1e4:
+        assert ">200k</text>" in svg  # large values read 200k, 3.5M
+
+
+def test_chart_without_numbers_says_no_data():
+    from kmeans_ops.report import line_chart
+
+    chart = line_chart([(1, None), (2, float("nan"))], key="k", title="SSE per iteration", y_label="SSE",
+                       colour="#2563eb")
+    assert chart["points"] == 0 and ">no data</text>" in str(chart["svg"]) and "<title>" not in str(chart["svg"])
+
+
+def test_report_of_failures_only_has_no_chart(tmp_path):
+    path = tmp_path / "r.html"
+    write_report(str(path), [], [FAILURE], RUN)
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert "<svg" not in text and page.sections == [] and "No image was processed." in plain(page)
+    assert_self_contained(text)
