@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1
 # The Airflow image of docker-compose.yaml (api-server, scheduler, dag-processor, triggerer, init):
-# the official Airflow 3.3.2 image + the project's pinned requirements + a JDK + a Hadoop client.
+# the official Airflow 3.3.2 image + the project installed as a package (its wheel, built here from
+# the checkout, with the [airflow] extra and the pinned constraints) + a JDK + a Hadoop client.
 #
 # Build context: the repository root (docker-compose.yaml does it); only the files allowed by
-# deploy/airflow.Dockerfile.dockerignore are sent. The project's code (kmeans_ops/), dags/ and
-# plugins/ are NOT baked in: docker-compose.yaml mounts them (PYTHONPATH=/opt/kmeans/src).
+# deploy/airflow.Dockerfile.dockerignore are sent. Nothing of the source is copied into the final
+# image: it gets the wheel (kmeans_ops, the Airflow provider and plugin, the example DAGs), found by
+# Airflow through the package's entry points. docker-compose.yaml mounts dags/ only.
 
 # The Hadoop client is copied from Apache's Hadoop image. The dev cluster (bin/hadoop-dev) runs the
 # 3.5.0 jars from Maven Central; apache/hadoop:3.4.1 is a tag published on Docker Hub (Docker Hub
@@ -15,6 +17,14 @@ ARG HADOOP_IMAGE=apache/hadoop:3.4.1
 ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
 
 FROM ${HADOOP_IMAGE} AS hadoop
+
+# The wheel: `pip wheel` of the checkout's package files (pyproject.toml, setuptools), as CI builds it.
+FROM ${AIRFLOW_IMAGE} AS wheel
+COPY --chown=airflow:0 pyproject.toml README.md /tmp/kmeans-src/
+COPY --chown=airflow:0 kmeans_ops /tmp/kmeans-src/kmeans_ops
+COPY --chown=airflow:0 plugins/kmeans_plugin /tmp/kmeans-src/plugins/kmeans_plugin
+COPY --chown=airflow:0 dags /tmp/kmeans-src/dags
+RUN pip wheel --no-cache-dir --no-deps /tmp/kmeans-src -w /tmp/kmeans-wheels
 
 FROM ${AIRFLOW_IMAGE}
 
@@ -40,7 +50,7 @@ COPY --from=hadoop /opt/hadoop /opt/hadoop
 RUN set -eux; \
     rm -rf /opt/hadoop/share/doc; \
     chown -R airflow:0 /opt/hadoop/etc/hadoop; chmod -R g+rwX /opt/hadoop/etc/hadoop; \
-    mkdir -p /opt/kmeans/src /opt/kmeans/work /opt/kmeans/output /opt/kmeans/deploy; \
+    mkdir -p /opt/kmeans/work /opt/kmeans/output /opt/kmeans/deploy; \
     chown -R airflow:0 /opt/kmeans; chmod -R g+rwX /opt/kmeans
 
 # JDK 17 flags for the client JVM (the same --add-opens set as bin/hadoop-dev's HADOOP_DEV_JAVA_OPTS;
@@ -55,12 +65,14 @@ COPY deploy/hadoop_conf.py deploy/airflow-entrypoint.sh deploy/airflow-init.sh /
 RUN chmod 0755 /opt/kmeans/deploy/*
 
 USER airflow
-# The project's pinned set (requirements.txt pins apache-airflow==3.3.2 itself, the version of the
-# base image, so pip keeps it; constraints.txt pins every transitive dependency).
-COPY requirements.txt constraints.txt /tmp/kmeans-requirements/
-RUN pip install --no-cache-dir -r /tmp/kmeans-requirements/requirements.txt \
+# The package with its [airflow] extra, every dependency at the project's pinned version
+# (constraints.txt pins apache-airflow==3.3.2 itself, the version of the base image, so pip keeps it).
+COPY --from=wheel /tmp/kmeans-wheels /tmp/kmeans-wheels
+COPY constraints.txt /tmp/kmeans-requirements/
+RUN pip install --no-cache-dir "$(ls /tmp/kmeans-wheels/kmeans_colours-*.whl)[airflow]" \
         -c /tmp/kmeans-requirements/constraints.txt \
-    && python -c "import numpy, cv2, airflow.providers.apache.hdfs.hooks.webhdfs; print('ok', numpy.__version__)"
+    && python -c "import kmeans_ops, kmeans_plugin.operators, cv2, airflow.providers.apache.hdfs.hooks.webhdfs; print('ok', kmeans_ops.__version__)" \
+    && kmeans-colours quantize --help >/dev/null
 
 ENTRYPOINT ["/usr/bin/dumb-init", "--", "/opt/kmeans/deploy/airflow-entrypoint.sh"]
 CMD []

@@ -246,11 +246,12 @@ def test_airflow_services_share_the_settings(compose, env_conf):
         assert (api.hostname, api.port, api.path) == ("airflow-apiserver", 8080, "/execution/"), name
         assert env["KMEANS_STREAMING_PYTHON"] == "/usr/local/bin/python3", name
 
-        dags, plugins = mount_for(service, "/opt/airflow/dags"), mount_for(service, "/opt/airflow/plugins")
+        dags = mount_for(service, "/opt/airflow/dags")
         assert dags and dags[0] == "./dags", f"{name}: dags/ must be mounted at /opt/airflow/dags"
-        assert plugins and plugins[0] == "./plugins", f"{name}: plugins/ must be mounted at /opt/airflow/plugins"
-        src = mount_for(service, env["PYTHONPATH"])
-        assert src and src[0] == "." and src[2] == "ro", f"{name}: the repository, read-only, on PYTHONPATH"
+        # the project comes from its wheel, installed in the image: no source folder mounted or on the path
+        assert not mount_for(service, "/opt/airflow/plugins"), f"{name}: the plugin comes from the installed package"
+        assert not any(m[0] in (".", "./plugins", "./kmeans_ops") for m in mounts(service)), name
+        assert "PYTHONPATH" not in env, name
         images = mount_for(service, "/data/images")
         assert images == ("./data/images", "/data/images", "ro"), name
 
@@ -307,7 +308,7 @@ def test_images_are_pinned_and_consistent(compose):
         with open(os.path.join(ROOT, "deploy", dockerfile + ".dockerignore"), encoding="utf-8") as handle:
             allowed = {line[1:].strip() for line in handle if line.startswith("!")}
         for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
-            for source in line.split()[:-1]:
+            for source in [word for word in line.split()[:-1] if not word.startswith("--")]:  # --chown=...
                 assert source in allowed, f"{dockerfile}: COPY {source} is excluded by its .dockerignore"
                 assert os.path.exists(os.path.join(ROOT, source)), f"{dockerfile}: COPY {source}: no such file"
     assert f"ARG AIRFLOW_IMAGE={args['AIRFLOW_IMAGE']}\n" in open(
@@ -431,3 +432,15 @@ def test_compose_cli_reads_the_env_file_as_we_do(env_pairs):
     for name in ("namenode", "nodemanager", "airflow-scheduler"):
         env = environment(resolved[name])
         assert {k: v for k, v in env.items() if ".XML_" in k} == dict(env_pairs), name
+
+
+def test_airflow_image_installs_the_wheel():
+    """The Airflow image builds the project's wheel and pip-installs it with the [airflow] extra and
+    the constraints; no source folder is copied into the final image."""
+    with open(os.path.join(ROOT, "deploy", "airflow.Dockerfile"), encoding="utf-8") as handle:
+        text = handle.read()
+    final = text[text.rindex("\nFROM "):]
+    assert "pip wheel" in text[: text.rindex("\nFROM ")] and "pyproject.toml" in text
+    assert re.search(r'pip install .*kmeans_colours-\*\.whl\)\[airflow\]"', final)
+    assert "-c /tmp/kmeans-requirements/constraints.txt" in final
+    assert not re.search(r"^COPY (?!--from)\S*(kmeans_ops|plugins|dags)", final, re.M)
