@@ -94,8 +94,9 @@ diffuses the error. Every path param must lie under the allowed roots (Variable
                         values_display={"local": "Embedded (in-process MapReduce)",
                                         "hadoop": "Hadoop Streaming on YARN, data in HDFS"}),
         "output": Param(DEFAULT_OUTPUT, type="string", minLength=1, title="Output folder",
-                        description="Each run publishes into <output>/<run key>/; must lie under the "
-                                    "allowed roots (Airflow Variable kmeans_allowed_roots)."),
+                        description="Each run publishes into <output>/<run key>/; a local folder, or an "
+                                    "hdfs:// one with the Hadoop engine; must lie under the allowed roots "
+                                    "(Airflow Variable kmeans_allowed_roots)."),
         "replace_published": Param(False, type="boolean", title="Replace another run's results",
                                    description="Allow this run to replace an output folder published by another "
                                                "run (its summary.json names another run id). Off: such a folder "

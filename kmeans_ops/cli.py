@@ -493,6 +493,8 @@ def engine_error_lines(engine: str, err: BaseException) -> list[str]:
 # ------------------------------------------------------------------------------------ the run
 def quantize(args) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    from . import cli_cluster
+    from .paths import is_hdfs
     from .run import expand_inputs
 
     try:
@@ -501,7 +503,10 @@ def quantize(args) -> int:
                             palette=args.palette, labels=args.labels, dither=args.dither)
         batch_size = P.integer("batch_size", args.batch_size, 1, MAX_BATCH_SIZE)
         paths = expand_inputs(args.inputs)
-        if paths:
+        on_hdfs = is_hdfs(args.out)
+        if on_hdfs and paths and (reason := cli_cluster.refusal(args, paths, params)):
+            raise P.ParamError(reason)
+        if paths and not on_hdfs:
             _check_writable(args.out)
     except (P.ParamError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -512,6 +517,9 @@ def quantize(args) -> int:
     if not paths:
         print(f"error: no images found in {', '.join(shown(i) for i in args.inputs)}", file=sys.stderr)
         return 2
+    if on_hdfs:  # every stage a job on the cluster, results published on HDFS (kmeans_ops.cli_cluster)
+        engine = _engine(args)
+        return 2 if engine is None else cli_cluster.run(args, params, batch_size, paths, engine, say)
     with output_lock(args.out, say):  # another run into this folder finishes first: no name is lost
         try:
             stems = plan_outputs(paths, args.out, labels=params.labels)
@@ -523,13 +531,16 @@ def quantize(args) -> int:
 
 def check_schemes(args) -> None:
     """ParamError naming the option when a path names a filesystem the CLI does not use: inputs may
-    be local or ``hdfs://``; ``--out``, ``--work``, ``--init`` and ``--palette`` files are local
-    (a local folder literally named ``hdfs:`` is never what ``hdfs://...`` meant)."""
-    from .paths import check_scheme
+    be local or ``hdfs://``; ``--out`` too with ``--engine hadoop`` (kmeans_ops.cli_cluster), else
+    local; ``--work``, ``--init`` and ``--palette`` files are local (a local folder literally named
+    ``hdfs:`` is never what ``hdfs://...`` meant)."""
+    from .paths import check_scheme, is_hdfs
 
     for item in args.inputs:
         check_scheme("INPUT", item)
-    check_scheme("--out", args.out, supported=(None,))
+    if args.engine != "hadoop" and is_hdfs(args.out):
+        raise P.ParamError(f"--out: {shown(args.out)}: an hdfs:// output needs --engine hadoop")
+    check_scheme("--out", args.out, supported=(None, "hdfs") if args.engine == "hadoop" else (None,))
     if args.work:
         check_scheme("--work", args.work, supported=(None,))
     if args.init not in P.INIT_METHODS:
@@ -563,7 +574,8 @@ def output_lock(folder: str, say):
         os.close(fd)
 
 
-def _quantize(args, params, batch_size: int, paths: list[str], stems: list[str], say) -> int:
+def _engine(args):
+    """The run's engine, ready; None (the error printed) when it cannot start."""
     from .engines import get_engine
 
     try:
@@ -571,6 +583,13 @@ def _quantize(args, params, batch_size: int, paths: list[str], stems: list[str],
         engine.prepare()
     except Exception as err:  # noqa: BLE001 - a missing Hadoop client or connection: say what
         print(f"error: engine {args.engine}: {shown(str(err))}", file=sys.stderr)
+        return None
+    return engine
+
+
+def _quantize(args, params, batch_size: int, paths: list[str], stems: list[str], say) -> int:
+    engine = _engine(args)
+    if engine is None:
         return 2
     for folder in sweep_leftovers(keep=(args.work,) if args.work else ()):
         say(f"removed {shown(folder)}: the work folder of an earlier run that was killed")

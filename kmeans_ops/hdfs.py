@@ -29,6 +29,11 @@ CONN_ID = "webhdfs_default"
 _QUERY = re.compile(r"\?[^\s'\"<>()\[\]]*=[^\s'\"<>()\[\]]*")
 
 
+#: Bytes of HDFS files this process has read (read_bytes, download), for the task log's figure of
+#: how much data passed through the worker (kmeans_plugin.operators) and the benchmarks.
+BYTES_READ = [0]
+
+
 class HdfsError(RuntimeError):
     """An HDFS operation failed for good; the message names the path and the NameNode."""
 
@@ -137,7 +142,9 @@ class Hdfs:
             with self.client.read(path) as reader:
                 return reader.read()
 
-        return self.call("read", path, read)
+        data = self.call("read", path, read)
+        BYTES_READ[0] += len(data)
+        return data
 
     def checksum(self, path: str) -> dict:
         """The file checksum the NameNode has the DataNodes compute (WebHDFS GETFILECHECKSUM):
@@ -146,6 +153,8 @@ class Hdfs:
 
     def download(self, path: str, local: str) -> None:
         self.call("download", path, self.client.download, path, local, overwrite=True, n_threads=1)
+        BYTES_READ[0] += sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(local)
+                             for name in names) if os.path.isdir(local) else os.path.getsize(local)
 
     # ------------------------------------------------------------ writes (atomic)
     def _tmp(self, path: str) -> str:

@@ -4,8 +4,10 @@ DAG param may name it.
 - **One choice by URI** (as mrjob's composite filesystem): :func:`filesystem` returns
   :class:`LocalFS` for a local path and :class:`HdfsFS` for an ``hdfs://`` URI (through WebHDFS,
   kmeans_ops.hdfs). Both offer the same few operations (stat, list, glob, walk, read in chunks, a
-  content key, a local copy to decode), so ingest, reconstruction, input expansion and the nightly
-  scan are written once, with no branch on the scheme.
+  content key, a local copy to decode; and for publication: exists, read and write whole files,
+  the latter atomically, rename, delete, a local working copy of a folder), so ingest,
+  reconstruction, input expansion, the nightly scan, publication and the results app are written
+  once, with no branch on the scheme.
 - **Resolution**: a local path is made absolute with ``~`` expanded and every symlink and ``..``
   resolved (``os.path.realpath``); an ``hdfs://`` URI has its path normalised (``..``, ``.``,
   doubled slashes). HDFS I/O always goes to the NameNode of the WebHDFS connection, so the host in
@@ -25,6 +27,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,9 +110,15 @@ class LocalFS:
     """The local filesystem."""
 
     sep = os.sep
+    #: It has symlinks: ``<output>/latest`` is one (kmeans_ops.publish).
+    symlinks = True
 
     def resolve(self, path: str) -> str:
         return os.path.realpath(os.path.expanduser(path))
+
+    def absolute(self, path: str) -> str:
+        """The path made absolute, symlinks kept (what a rename acts on)."""
+        return os.path.abspath(path)
 
     def stat(self, path: str) -> Stat | None:
         try:
@@ -134,8 +143,65 @@ class LocalFS:
 
     def sha256(self, path: str) -> tuple[str, int]:
         """(SHA-256 hex digest, bytes read) of the content, read in chunks (never held in memory)."""
+        return sha256_chunks(self.reader(path))
+
+    def reader(self, path: str):
+        """The file's bytes in chunks; the file is opened now (an error is raised here, not while
+        iterating) and closed at the end."""
+        handle = open(path, "rb")
+
+        def chunks():
+            with handle:
+                yield from iter(lambda: handle.read(CHUNK), b"")
+
+        return chunks()
+
+    # ------------------------------------------------------------ whole files and folders (publication)
+    def exists(self, path: str) -> bool:
+        """Whether anything has that name (a dangling symlink too)."""
+        return os.path.lexists(path)
+
+    def is_folder(self, path: str) -> bool:
+        """A folder itself, not a symlink to one."""
+        return os.path.isdir(path) and not os.path.islink(path)
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def read_bytes(self, path: str) -> bytes:
         with open(path, "rb") as handle:
-            return sha256_chunks(iter(lambda: handle.read(CHUNK), b""))
+            return handle.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Written atomically (a temporary name, then a rename): a reader sees the old or the new file."""
+        from .storage import write_bytes
+
+        write_bytes(path, data)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def exchange(self, a: str, b: str) -> bool:
+        """Swap two folders in one step when the system can (storage.exchange); False otherwise."""
+        from .storage import exchange
+
+        return exchange(a, b)
+
+    def delete(self, path: str) -> None:
+        """Remove a folder and what it holds (best effort), or a file or symlink."""
+        if self.is_folder(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+    @contextmanager
+    def working_copy(self, folder: str, fetch=()):
+        """A local folder standing for ``folder``, to write files into with local code: the folder
+        itself (``fetch``, the names a writer wants to read there, are already there)."""
+        yield folder
 
     def content_key(self, path: str) -> tuple[str, int | None]:
         """(content key, bytes read): ``sha256:<hex digest>`` of the bytes, read in chunks. Same
@@ -161,6 +227,8 @@ class HdfsFS:
     """
 
     sep = "/"
+    #: HDFS symlinks are disabled by default: ``<output>/latest`` is a small file (kmeans_ops.publish).
+    symlinks = False
 
     def __init__(self, hdfs=None):
         self._hdfs = hdfs
@@ -184,12 +252,18 @@ class HdfsFS:
         normal = posixpath.normpath(path)
         return prefix + ("/" + normal.lstrip("/"))
 
+    def absolute(self, uri: str) -> str:
+        return self.resolve(uri)
+
     def path(self, uri: str) -> str:
         return self.split(self.resolve(uri))[1]
 
-    def stat(self, uri: str) -> Stat | None:
+    def _status(self, uri: str) -> dict | None:
         path = self.path(uri)
-        status = self.hdfs.call("status", path, lambda: self.hdfs.client.status(path, strict=False))
+        return self.hdfs.call("status", path, lambda: self.hdfs.client.status(path, strict=False))
+
+    def stat(self, uri: str) -> Stat | None:
+        status = self._status(uri)
         if status is None:
             return None
         return Stat(int(status["length"]), int(status["modificationTime"]) * 1_000_000, status["type"] == "DIRECTORY")
@@ -214,7 +288,11 @@ class HdfsFS:
             with self.hdfs.client.read(path, chunk_size=CHUNK) as reader:
                 return sha256_chunks(reader)
 
-        return self.hdfs.call("read", path, read)
+        from .hdfs import BYTES_READ
+
+        digest, read_bytes = self.hdfs.call("read", path, read)
+        BYTES_READ[0] += read_bytes
+        return digest, read_bytes
 
     def content_key(self, uri: str) -> tuple[str, int | None]:
         """(content key, None: no byte of the file is read here): the file checksum HDFS keeps,
@@ -270,6 +348,104 @@ class HdfsFS:
             local = os.path.join(tmp, posixpath.basename(self.path(uri)) or "file")
             self.hdfs.download(self.path(uri), local)
             yield local
+
+    def reader(self, uri: str):
+        """The file's bytes in chunks, streamed from its DataNode; the file is opened now (with the
+        client's retries; an error is raised here, not while iterating)."""
+        path = self.path(uri)
+
+        def open_file():
+            opened = self.hdfs.client.read(path, chunk_size=CHUNK)
+            return opened, opened.__enter__()
+
+        opened, chunks = self.hdfs.call("read", path, open_file)
+
+        def stream():
+            from .hdfs import BYTES_READ
+
+            try:
+                for chunk in chunks:
+                    BYTES_READ[0] += len(chunk)
+                    yield chunk
+            finally:
+                opened.__exit__(None, None, None)
+
+        return stream()
+
+    # ------------------------------------------------------------ whole files and folders (publication)
+    def exists(self, uri: str) -> bool:
+        return self._status(uri) is not None
+
+    def is_folder(self, uri: str) -> bool:
+        status = self._status(uri)
+        return status is not None and status["type"] == "DIRECTORY"
+
+    def is_file(self, uri: str) -> bool:
+        status = self._status(uri)
+        return status is not None and status["type"] == "FILE"
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self.hdfs.read_bytes(self.path(uri))
+
+    def _rename2(self, src: str, dst: str, option: str) -> None:
+        """WebHDFS RENAME with ``renameoptions`` (the NameNode's rename2): ``NONE`` fails when
+        ``dst`` exists (never moves ``src`` into a folder ``dst``, as a plain WebHDFS rename
+        would); ``OVERWRITE`` replaces a file ``dst`` in the same atomic step. The hdfs client's
+        own rename sends no options, so this is its request helper (``client._rename``, hdfs 2.7)."""
+        self.hdfs.call("rename", src, self.hdfs.client._rename, src, destination=dst, renameoptions=option)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst``, which must not exist (HDFS renames a folder atomically)."""
+        self._rename2(self.path(src), self.path(dst), "NONE")
+
+    def exchange(self, a: str, b: str) -> bool:
+        """HDFS cannot swap two folders in one step."""
+        return False
+
+    def _write_atomically(self, uri: str, write) -> None:
+        """``write(tmp)`` writes the file at the temporary path ``tmp`` beside it, which then
+        replaces ``uri`` in one rename: a reader sees the old file or the new one, never none."""
+        from .hdfs import HdfsError
+
+        path = self.path(uri)
+        tmp = self.hdfs._tmp(path)
+        try:
+            self.hdfs.call("write", path, write, tmp)
+            self._rename2(tmp, path, "OVERWRITE")
+        except HdfsError:
+            self.hdfs._discard_tmp(tmp)
+            raise
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Written atomically (see _write_atomically)."""
+        self._write_atomically(uri, lambda tmp: self.hdfs.client.write(tmp, data=data, overwrite=True))
+
+    def upload(self, local: str, uri: str) -> None:
+        """A local file's copy at ``uri``, written atomically (see _write_atomically)."""
+        self._write_atomically(uri, lambda tmp: self.hdfs.client.upload(tmp, local, overwrite=True, n_threads=1))
+
+    def makedirs(self, uri: str) -> None:
+        self.hdfs.makedirs(self.path(uri))
+
+    def delete(self, uri: str) -> None:
+        self.hdfs.delete(self.path(uri))
+
+    @contextmanager
+    def working_copy(self, folder: str, fetch=()):
+        """A local temporary folder standing for the HDFS ``folder``, to write files into with
+        local code (OpenCV, the report): the files named in ``fetch`` that ``folder`` holds are
+        downloaded into it first; on success every other file written into it is uploaded into
+        ``folder`` (each atomically), then the local folder is removed."""
+        with tempfile.TemporaryDirectory(prefix="kmeans-hdfs-") as tmp:
+            fetched = set()
+            for name in fetch:
+                if self.is_file(self.join(folder, name)):
+                    self.hdfs.download(self.path(self.join(folder, name)), os.path.join(tmp, name))
+                    fetched.add(name)
+            yield tmp
+            for name in sorted(os.listdir(tmp)):
+                if name not in fetched and os.path.isfile(os.path.join(tmp, name)):
+                    self.upload(os.path.join(tmp, name), self.join(folder, name))
 
 
 _LOCAL = LocalFS()

@@ -291,21 +291,26 @@ def reconstruct_batch(images: list[dict], area_of, staging: str, final: str, ext
     """Reconstruct a batch of images (``{"image_id", "stem", "iterations", "converged"}``) into the
     staging folder of a run that will be published as ``final``; one log line each. ``area_of(image
     id)`` gives the work area holding the image's files (fetched from HDFS by the Hadoop engine).
+    ``staging`` may be on HDFS (an ``hdfs://`` output): each image's files are then written into a
+    local temporary folder and uploaded there.
     ``options``: keywords of :func:`finish` for every image (``labels``, ``dither``,
     ``palette_unit``). A failure is reported for its image; the rest of the batch goes on.
     """
     import time
 
     from .errors import shown
+    from .paths import filesystem
 
+    fs = filesystem(staging)
     results = []
     for image in images:
         started = time.perf_counter()
-        out_json = os.path.join(staging, image["stem"] + ".json")
+        out_json = fs.join(staging, image["stem"] + ".json")
         try:
-            result = finish(area_of(image["image_id"]), image["image_id"], image,
-                            os.path.join(staging, image["stem"] + ".png"), out_json, extra=extra, published_as=final,
-                            **(options or {}))
+            with fs.working_copy(staging) as folder:  # on HDFS: written locally, then uploaded
+                local = os.path.join(folder, image["stem"])
+                result = finish(area_of(image["image_id"]), image["image_id"], image, local + ".png", local + ".json",
+                                extra=extra, published_as=final, **(options or {}))
         except (InputError, OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching the image's files
             log.error("reconstruction of %s failed: %s", shown(image["stem"]), err)
             results.append({"ok": False, "stage": "reconstruct", "source": image["stem"], "error": str(err)})

@@ -28,6 +28,7 @@ import base64
 import functools
 import math
 import os
+import re
 from datetime import datetime
 from html import escape
 from urllib.parse import quote
@@ -709,6 +710,14 @@ def _thumb(places: list[str], alt: str) -> dict | None:
     return None
 
 
+def _given_thumb(uri, alt: str) -> dict | None:
+    """A thumbnail made elsewhere (a ``data:image/png`` or ``data:image/jpeg`` base64 URI, as
+    :func:`thumbnail_data_uri` makes them), or None for anything else."""
+    if not isinstance(uri, str) or not re.fullmatch(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/=]+", uri):
+        return None
+    return {"uri": uri, "alpha": uri.startswith("data:image/png"), "alt": alt}
+
+
 def _figures(r: dict, params: dict, group: dict | None = None) -> list[dict]:
     """The figures under the charts: ``{"label", "value", "sub", "cls"}``. ``group``: the shared
     palette of the image (:func:`shared_palettes`), None for a palette of its own."""
@@ -750,12 +759,16 @@ def _image(i: int, r: dict, run_params: dict | None, folder: str | None, group: 
     name = _name(r)
     params = r.get("params") if isinstance(r.get("params"), dict) else (run_params or {})
     source, output = r.get("source"), r.get("output")
-    before = _thumb([str(source)] if source else [], f"{name}: source image")
+    # a run on the cluster made its thumbnails on the node (kmeans_ops.engines.stages): no pixel here
+    given = r.get("thumbnails") if isinstance(r.get("thumbnails"), dict) else {}
+    before = _given_thumb(given.get("before"), f"{name}: source image") or _thumb(
+        [str(source)] if source else [], f"{name}: source image")
     before_note = ""
     if before is None:
         is_points = isinstance(source, str) and source.lower().endswith(".txt")
         before_note = "seed points file: no image to show" if is_points else "source image could not be read"
-    after = _thumb(_beside(output, folder), f"{name}: quantised to {_line(r.get('k'))} colours") if output else None
+    after_alt = f"{name}: quantised to {_line(r.get('k'))} colours"
+    after = (_given_thumb(given.get("after"), after_alt) or _thumb(_beside(output, folder), after_alt)) if output else None
     after_note = ""
     if after is None:
         after_note = ("no output image (seed points input: centroids and figures only)" if not output

@@ -104,10 +104,25 @@ def job_batches(image_ids: list[str], size: int) -> list[list[str]]:
     return batches(image_ids, max(size, -(-len(image_ids) // MAX_JOBS_PER_ITERATION)))
 
 
+def check_output_scheme(output: str, engine: str) -> None:
+    """ParamError naming ``output`` unless the run can publish there: a local folder, or with
+    engine ``hadoop`` an ``hdfs://`` one (the embedded engine's runs publish local folders only)."""
+    from .params import ParamError
+    from .paths import check_scheme, is_hdfs
+
+    try:
+        check_scheme("output", output, supported=(None, "hdfs") if engine == "hadoop" else (None,))
+    except ParamError as err:
+        if is_hdfs(output):
+            raise ParamError(f"{err} (an hdfs:// output needs engine hadoop)") from None
+        raise
+
+
 def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """Check a DAG run's params once and plan the run: its images, work area and output folder.
 
-    Every path param (``input`` items, ``init`` and ``palette`` when they are files, ``output``) is checked against
+    Every path param (``input`` items, ``init`` and ``palette`` when they are files, ``output``: local, or
+    ``hdfs://`` with engine hadoop) is checked against
     the allowed roots (kmeans_ops.paths) before anything is read, then every image the inputs name
     (a folder's files, a pattern's matches) is checked again once resolved, so a symlink pointing
     outside is refused. Raises ParamError (PathNotAllowed for a path outside), InputError for an
@@ -116,14 +131,14 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """
     from . import params as P
     from . import settings
-    from .paths import AllowedRoots, check_scheme
-    from .publish import check_publishable, final_dir, staging_dir
+    from .paths import AllowedRoots, check_scheme, within
+    from .publish import PublishError, check_publishable, final_dir, staging_dir
 
     roots = AllowedRoots.from_settings()
     inputs = list(conf["input"])
     # Every path param is resolved and checked before anything is read: the files first (output,
     # init, palette), then the inputs, whose folders and pattern matches are checked one by one.
-    check_scheme("output", conf["output"], supported=(None,))  # publishing writes local folders only
+    check_output_scheme(conf["output"], conf["engine"])
     output = roots.check("output", conf["output"])
     init, palette = conf["init"], conf.get("palette", "image")
     given = {}  # resolved path -> as the user gave it, for messages (never the resolved target)
@@ -146,12 +161,12 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     ours = [final_dir(output, key), staging_dir(output, key)]
     for image in images:
         image["path"] = roots.check("input", image["path"])  # read from here on: the checked real path
-        if any(image["path"].startswith(folder + os.sep) for folder in ours):
+        if within(image["path"], ours):
             raise P.ParamError(f"output: {shown(conf['output'])} would replace the input {shown(image['path'])}; "
                                f"choose another output folder")
     try:
         check_publishable(output, key, run_id, dag_id, replace=bool(conf.get("replace_published", False)))
-    except RuntimeError as err:
+    except PublishError as err:  # an HDFS error (HdfsError) is raised as it is: the task is retried
         raise P.ParamError(f"output: {err}") from None
     return {
         "run_id": run_id,

@@ -27,6 +27,7 @@ KMEANS_HDFS_WORK_ROOT       HDFS work areas                                /user
 KMEANS_HADOOP_TIMEOUT       seconds a Hadoop job may take                  1800
 KMEANS_HDFS_RETRIES         retries of a transient HDFS error              4
 KMEANS_IMAGES_PER_TASK      images per map task, ingest/reconstruct jobs   4
+KMEANS_HADOOP_KEEP_CLIENT   one Hadoop client JVM for all jobs of a run    true
 KMEANS_YARN_POLL_MS         how often a waiting client asks the RM (ms)    250
 KMEANS_YARN_PROGRESS_S      seconds between progress lines of a job        5
 KMEANS_WEBHDFS_URL          WebHDFS of a task on a node (set by the job)   unset: the Airflow connection
@@ -225,6 +226,15 @@ def hadoop_uber() -> bool:
     value = env("KMEANS_HADOOP_UBER", "true").lower()
     if value not in ("true", "false"):
         raise SettingError(f"KMEANS_HADOOP_UBER must be 'true' or 'false', got {value!r}")
+    return value == "true"
+
+
+def hadoop_keep_client() -> bool:
+    """Whether the Hadoop engine keeps one client JVM for all the jobs of a process
+    (kmeans_ops/engines/KMeansSubmitter.java) instead of starting one per job."""
+    value = env("KMEANS_HADOOP_KEEP_CLIENT", "true").lower()
+    if value not in ("true", "false"):
+        raise SettingError(f"KMEANS_HADOOP_KEEP_CLIENT must be 'true' or 'false', got {value!r}")
     return value == "true"
 
 

@@ -1,4 +1,5 @@
-"""Local files written atomically: write to a temporary name in the same folder, then rename.
+"""Local files written atomically: write to a temporary name in the same folder, then rename; and
+the swap of a published folder (local or HDFS, :func:`publish_folder`).
 
 A reader never sees half a file, and a failure leaves the previous version (or nothing) in place.
 A full disk or quota (ENOSPC, EDQUOT) while writing raises :class:`StorageFull` naming the folder.
@@ -9,8 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import tempfile
+import posixpath
 import uuid
 from contextlib import contextmanager
 
@@ -70,13 +70,18 @@ def write_bytes(path: str, data: bytes) -> None:
             handle.write(data)
 
 
-def write_json(path: str, obj) -> None:
+def json_bytes(obj) -> bytes:
+    """``obj`` as the bytes of a JSON file (UTF-8, indented, ending in a newline)."""
     text = json.dumps(obj, indent=1, ensure_ascii=False)
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # a file name that is not valid UTF-8: escape it, JSON allows that
         data = json.dumps(obj, indent=1).encode("ascii")
-    write_bytes(path, data + b"\n")
+    return data + b"\n"
+
+
+def write_json(path: str, obj) -> None:
+    write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: str):
@@ -88,9 +93,9 @@ def read_json(path: str):
 OLD_PREFIX = ".old-"
 
 
-def _exchange(a: str, b: str) -> bool:
-    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``, through the C library):
-    True when done, False when this system or filesystem cannot (then nothing changed)."""
+def exchange(a: str, b: str) -> bool:
+    """Swap two local folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``, through the C
+    library): True when done, False when this system or filesystem cannot (then nothing changed)."""
     import ctypes
 
     try:
@@ -107,37 +112,48 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(code, os.strerror(code), a)
 
 
-def old_folders(final: str) -> list[str]:
-    """The replaced copies of ``final`` still beside it (``.old-<name>-*``)."""
-    parent, name = os.path.split(os.path.abspath(final))
+def old_folders(final: str, fs=None) -> list[str]:
+    """The replaced copies of ``final`` still beside it (``.old-<name>-*``), on ``fs`` (a
+    kmeans_ops.paths filesystem; by default the one ``final`` names)."""
+    fs = fs or _filesystem(final)
+    parent, name = posixpath.split(fs.absolute(final))
     try:
-        return sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(f"{OLD_PREFIX}{name}-"))
+        return sorted(fs.join(parent, n) for n in fs.list(parent) if n.startswith(f"{OLD_PREFIX}{name}-"))
     except OSError:
         return []
+
+
+def _filesystem(path: str):
+    from .paths import filesystem
+
+    return filesystem(path)
 
 
 def publish_folder(staging: str, final: str) -> None:
     """Replace folder ``final`` by the complete folder ``staging``, so that at every moment (a
     ``kill -9`` included) ``final`` is either the old complete folder or the new complete one.
 
-    Where the system can swap two folders in one step (Linux), the new folder and the old one are
-    exchanged; the old one then takes a ``.old-<name>-*`` name and is removed. Elsewhere the old
-    folder is renamed aside first: a run killed between the two renames is repaired by the next
-    publication (the old folder is put back, then replaced). Leftover ``.old-<name>-*`` copies are
-    removed once ``final`` is in place.
+    Local or ``hdfs://`` (kmeans_ops.paths.filesystem chooses by ``final``). Where the filesystem
+    can swap two folders in one step (Linux), the new folder and the old one are exchanged; the
+    old one then takes a ``.old-<name>-*`` name and is removed. Elsewhere (HDFS: a rename of a
+    folder is atomic but never replaces one) the old folder is renamed aside first: a run killed
+    between the two renames is repaired by the next publication (the old folder is put back, then
+    replaced). Leftover ``.old-<name>-*`` copies are removed once ``final`` is in place.
     """
-    final = os.path.abspath(final)
-    if not os.path.lexists(final):
-        olds = old_folders(final)
+    fs = _filesystem(final)
+    final = fs.absolute(final)
+    if not fs.exists(final):
+        olds = old_folders(final, fs)
         if olds:  # killed between the renames of the fallback below: the old folder goes back first
-            os.rename(olds[-1], final)
-    old = os.path.join(os.path.dirname(final), f"{OLD_PREFIX}{os.path.basename(final)}-{uuid.uuid4().hex[:12]}")
-    if not os.path.lexists(final):
-        os.rename(staging, final)
-    elif _exchange(staging, final):
-        os.rename(staging, old)  # the staging name now holds the old folder
+            fs.rename(olds[-1], final)
+    parent, name = posixpath.split(final)
+    old = fs.join(parent, f"{OLD_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
+    if not fs.exists(final):
+        fs.rename(staging, final)
+    elif fs.exchange(staging, final):
+        fs.rename(staging, old)  # the staging name now holds the old folder
     else:
-        os.rename(final, old)
-        os.rename(staging, final)
-    for leftover in old_folders(final):
-        shutil.rmtree(leftover, ignore_errors=True)
+        fs.rename(final, old)
+        fs.rename(staging, final)
+    for leftover in old_folders(final, fs):
+        fs.delete(leftover)

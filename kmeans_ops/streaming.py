@@ -222,15 +222,28 @@ def run_reduce_to_hdfs(centroids_path: str, delta: float, area_root: str, iterat
     from .hdfs import Hdfs
     from .workarea import WorkArea
 
+    import posixpath
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     buffer = io.StringIO()
     run_reduce(centroids_path, delta, stdin, buffer)
     text = buffer.getvalue()
-    hdfs, area = Hdfs(), WorkArea(area_root)
+    area = WorkArea(area_root)
+    files = {posixpath.join(output, task_part_name()): text.encode("utf-8")}
     for image_id, (new, stats) in parse_reduce_output(utf8_lines(text.encode("utf-8"), "reducer output")).items():
-        stats["iteration"] = iteration
-        hdfs.write_bytes(area.clusters(image_id, iteration), format_clusters(new))
-        hdfs.write_bytes(area.stats(image_id, iteration), json.dumps(stats).encode())
-    write_task_output(output, text)
+        files[area.clusters(image_id, iteration)] = format_clusters(new)
+        files[area.stats(image_id, iteration)] = json.dumps({**stats, "iteration": iteration}).encode()
+    # Each atomic write is four WebHDFS requests: the files go in parallel, a client per thread.
+    local = threading.local()
+
+    def write(item):
+        if not hasattr(local, "hdfs"):
+            local.hdfs = Hdfs()
+        local.hdfs.write_bytes(*item)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(write, files.items()))
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,9 @@ if "PYTEST_AIRFLOW_HOME" not in os.environ:
     os.environ["PYTEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="pytest-airflow-")
 os.environ["AIRFLOW_HOME"] = os.environ["PYTEST_AIRFLOW_HOME"]
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(ROOT, "dags")
-os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(ROOT, "plugins")
+# The plugin comes from the installed package (`make setup`: pip install -e .), through its entry
+# point: the plugins folder is an empty one (the checkout's plugins/ would register it twice).
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = os.path.join(os.environ["AIRFLOW_HOME"], "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["KMEANS_WORK_ROOT"] = os.path.join(os.environ["AIRFLOW_HOME"], "kmeans-work")

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from urllib.parse import quote, urljoin
 
 import cv2
@@ -46,16 +47,39 @@ TEST_DAG_SOURCE = '''
 ``prepare`` plans the run as the real DAG does (kmeans_ops.run.plan); ``quantize``, mapped one
 image per task, runs the project's CLI into the run's staging folder, so that PublishOperator gets
 a list of lists. Param ``how``: "ok"; "fail" reports every image failed; "squat" puts a folder that
-is not a published run where the run publishes.
+is not a published run where the run publishes; "hdfs" (an hdfs:// output, engine hadoop; used by
+tests/test_hdfs_publish.py) runs the CLI into a local folder and uploads its files into the staging
+folder on HDFS.
 """
 
+import json
 import os
+import shutil
+import tempfile
 import time
 
 from airflow.sdk import Asset, Param, dag, task
 from kmeans_plugin.operators import PublishOperator
 
 RESULTS = Asset(name="kmeans_ui_results", uri="file:///kmeans-ui-results")
+
+
+def uploaded(local: str, stem: str, run: dict, seconds: float) -> dict:
+    """An image's PNG and JSON, written by the CLI into ``local``, uploaded into the run's staging
+    folder on HDFS (the JSON naming the final folder); its figures returned inline for china (as a
+    reconstruction on the cluster returns them), else the hdfs:// path of its JSON file."""
+    from kmeans_ops.paths import filesystem
+    from kmeans_ops.publish import final_dir, staging_dir
+    from kmeans_ops.storage import json_bytes
+
+    staging, final = staging_dir(run["output"], run["key"]), final_dir(run["output"], run["key"])
+    fs = filesystem(staging)
+    with open(os.path.join(local, stem + ".json"), encoding="utf-8") as handle:
+        figures = {**json.load(handle), "output": fs.join(final, stem + ".png")}
+    fs.upload(os.path.join(local, stem + ".png"), fs.join(staging, stem + ".png"))
+    fs.write_bytes(fs.join(staging, stem + ".json"), json_bytes(figures))
+    found = {"figures": figures} if stem == "china" else {"json": fs.join(staging, stem + ".json")}
+    return {"ok": True, "stem": stem, "seconds": seconds, **found}
 
 
 @dag(dag_id="kmeans_ui_publish", schedule=None, params={
@@ -86,10 +110,17 @@ def kmeans_ui_publish():
         if context["params"]["how"] == "squat":
             os.makedirs(final_dir(run["output"], run["key"]), exist_ok=True)
         staging = staging_dir(run["output"], run["key"])
+        hdfs = context["params"]["how"] == "hdfs"
+        local = tempfile.mkdtemp() if hdfs else staging
         started = time.perf_counter()
-        status = main(["quantize", *paths, "-k", str(run["params"]["k"]), "--out", staging, "-q"])
+        status = main(["quantize", *paths, "-k", str(run["params"]["k"]), "--out", local, "-q"])
         assert status == 0, status
         seconds = time.perf_counter() - started
+        if hdfs:
+            try:
+                return [uploaded(local, s, run, seconds) for s in stems]
+            finally:
+                shutil.rmtree(local)
         return [{"ok": True, "stem": s, "json": os.path.join(staging, s + ".json"), "seconds": seconds} for s in stems]
 
     run = prepare()
@@ -212,28 +243,58 @@ def stop(server: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ui")
-    home, dags, photos, out = (str(tmp / name) for name in ("home", "dags", "photos", "out"))
+def prepare_site(tmp, test_dag: str, test_dag_source: str, extra_env: dict | None = None) -> tuple[str, str, dict]:
+    """A site's folders and environment in ``tmp``: AIRFLOW_HOME, a dags folder holding the real
+    DAG (this checkout's file, linked) and the test DAG ``test_dag`` (its source written), two small
+    photos; the environment of the Airflow CLI and server (this checkout's plugin), with
+    ``extra_env``. Returns (home, photos folder, environment)."""
+    home, dags, photos = (str(tmp / name) for name in ("home", "dags", "photos"))
     os.makedirs(dags)
-    os.makedirs(out)
     write_small_photos(photos)
     os.symlink(os.path.join(ROOT, "dags", f"{DAG}.py"), os.path.join(dags, f"{DAG}.py"))
-    with open(os.path.join(dags, f"{TEST_DAG}.py"), "w", encoding="utf-8") as handle:
-        handle.write(TEST_DAG_SOURCE)
-
-    port = free_port()
+    with open(os.path.join(dags, f"{test_dag}.py"), "w", encoding="utf-8") as handle:
+        handle.write(test_dag_source)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KMEANS_", "PYTEST_AIRFLOW"))}
     env.update({
         "AIRFLOW_HOME": home,
         "AIRFLOW__CORE__DAGS_FOLDER": dags,
-        "AIRFLOW__CORE__PLUGINS_FOLDER": os.path.join(ROOT, "plugins"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": os.path.join(home, "plugins"),  # the plugin: the package's entry point
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "KMEANS_HOME": home,
         "PYTHONPATH": ROOT,
+        **(extra_env or {}),
     })
-    site = Site(port, env, tmp, [photos, out])
+    return home, photos, env
+
+
+@contextmanager
+def serving(site: Site, home: str):
+    """``airflow api-server`` on the site's port, in its own process group, healthy and logged in
+    as admin (``site.password``, ``site.token``); stopped with its workers at the end."""
+    log_path = os.path.join(home, "api-server.log")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([AIRFLOW, "api-server", "--port", str(site.port)], env=site.env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(site, server, log_path)
+        with open(os.path.join(home, "simple_auth_manager_passwords.json.generated"), encoding="utf-8") as handle:
+            site.password = json.load(handle)["admin"]
+        status, _, data = site.request("/auth/token", token=None, method="POST",
+                                       body={"username": "admin", "password": site.password})
+        assert status in (200, 201), (status, data[:300])
+        site.token = json.loads(data)["access_token"]
+        yield site
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    home, photos, env = prepare_site(tmp, TEST_DAG, TEST_DAG_SOURCE)
+    out = str(tmp / "out")
+    os.makedirs(out)
+    site = Site(free_port(), env, tmp, [photos, out])
     airflow(env, "db", "migrate")
     airflow(env, "variables", "set", "kmeans_allowed_roots", json.dumps(site.roots))
 
@@ -244,24 +305,11 @@ def site(tmp_path_factory):
         done = airflow(env, "dags", "test", TEST_DAG, "-c", json.dumps({**conf, "how": how}), check=False)
         site.logs[how] = done.stdout + done.stderr
 
-    log_path = os.path.join(home, "api-server.log")
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([AIRFLOW, "api-server", "--port", str(port)], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_healthy(site, server, log_path)
-        with open(os.path.join(home, "simple_auth_manager_passwords.json.generated"), encoding="utf-8") as handle:
-            site.password = json.load(handle)["admin"]
-        status, _, data = site.request("/auth/token", token=None, method="POST",
-                                       body={"username": "admin", "password": site.password})
-        assert status in (200, 201), (status, data[:300])
-        site.token = json.loads(data)["access_token"]
+    with serving(site, home):
         (site.runs["real"],) = [r["dag_run_id"] for r in site.api(f"/api/v2/dags/{DAG}/dagRuns")["dag_runs"]]
         for r in site.api(f"/api/v2/dags/{TEST_DAG}/dagRuns")["dag_runs"]:
             site.runs[r["conf"].get("how", "ok")] = r["dag_run_id"]
         yield site
-    finally:
-        stop(server)
 
 
 def published_files(folder: str) -> list[str]:

@@ -2,6 +2,10 @@
 
 The interface (:class:`~kmeans_ops.engines.base.Engine`, which both engines subclass) is small:
 
+- ``submit(stage, **args) -> job``, ``wait(job)``, ``retry(job)``, ``collect(job)`` and ``run(stage,
+  **args)``: every job (a small JSON-able dict, so an Airflow task can defer while it runs); the
+  embedded engine does the work inside ``submit``; ``remote_stages``: the stages besides
+  ``iterate`` the engine runs where the data is ("ingest", "reconstruct" for the Hadoop engine);
 - ``iterate(area, image_ids, iteration, delta) -> {image id: figures}``: one job; reads each image's
   points file and ``clusters-(iteration-1)``, writes ``clusters-iteration`` and
   ``stats-iteration`` (workarea.py), returns the figures;

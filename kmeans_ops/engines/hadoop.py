@@ -1,20 +1,27 @@
 """The Hadoop engine: each iteration is one Hadoop Streaming job for a batch of images, data in HDFS.
 
-- The mapper, combiner and reducer are ``python -m kmeans_ops.streaming map|combine|reduce``, thin
-  adapters over the same kmeans_ops.mapreduce functions as the embedded engine. The package itself
-  travels with the job as ``kmeans_ops.zip`` and the current centroids as ``centroids.tsv``, both
-  through the distributed cache (``-files``); the nodes need Python 3 with NumPy.
-- A batch of N images is one job per iteration (its input is the N points files).
-- Submission uses Hadoop's own client: ``$HADOOP_HOME/bin/hadoop jar <streaming jar>`` when
-  HADOOP_HOME is set, else ``java -cp <conf>:<jars>/* org.apache.hadoop.streaming.HadoopStreaming``
-  with the jars of ``bin/hadoop-dev`` (``.hadoop-dev/jars``) and HADOOP_CONF_DIR (default
-  ``.hadoop-dev/conf``).
+- The tasks are ``python -m kmeans_ops.streaming map|reduce``, thin adapters over the same
+  kmeans_ops.mapreduce functions as the embedded engine (the mapper combines in memory: no combiner
+  process), and, for images in HDFS, ``ingest|reconstruct`` as map-only jobs on the nodes
+  (kmeans_ops.engines.stages). The package travels with each job as ``kmeans_ops.zip`` and the
+  job's own file (``centroids.tsv``, ``job.json``) through the distributed cache (``-files``).
+- A batch of N images is one job per iteration (its input is the N points files; small ones share
+  a map task). The reducer writes the new centroids into the work area itself (WebHDFS), so the job
+  has no MapReduce output and no task waits for its commit.
+- Jobs go through :meth:`HadoopEngine.submit` (the client hands the job to YARN with
+  ``-background`` and returns), :meth:`~HadoopEngine.wait` (the ResourceManager's REST API,
+  kmeans_ops.engines.yarn, or an Airflow trigger instead), :meth:`~HadoopEngine.retry` and
+  :meth:`~HadoopEngine.collect`. The client is Hadoop's own: ``$HADOOP_HOME/bin/hadoop jar
+  <streaming jar>`` when HADOOP_HOME is set, else ``java -cp <conf>:<jars>/* ...HadoopStreaming``
+  with the jars of ``bin/hadoop-dev`` and HADOOP_CONF_DIR (default ``.hadoop-dev/conf``); one
+  client JVM is kept for all the jobs of a process when a JDK is there (yarn.Submitter).
 - A failed job raises :class:`HadoopJobError` with the YARN application id, its tracking URL and the
   tail of the failing task's stderr (read from the JobHistory and NodeManager REST APIs).
 
 Settings (kmeans_ops.settings): HADOOP_HOME, HADOOP_CONF_DIR, HADOOP_DEV_DIR, HADOOP_DEV_JARS,
 JAVA_HOME, KMEANS_HADOOP_FRAMEWORK ("yarn", the default, or "local" for LocalJobRunner against the
-same HDFS), KMEANS_STREAMING_PYTHON, KMEANS_HDFS_WORK_ROOT, KMEANS_HADOOP_TIMEOUT.
+same HDFS), KMEANS_HADOOP_UBER, KMEANS_HADOOP_KEEP_CLIENT, KMEANS_STREAMING_PYTHON,
+KMEANS_HDFS_WORK_ROOT, KMEANS_HADOOP_TIMEOUT, KMEANS_IMAGES_PER_TASK, KMEANS_YARN_POLL_MS.
 """
 
 from __future__ import annotations
@@ -148,10 +155,13 @@ def failed_task_stderr(app_id: str, tail: int = 4000) -> str:
 #: Jobs whose tasks write their results through WebHDFS themselves: no MapReduce output, so no task
 #: waits for the ApplicationMaster's permission to commit (Task.commit polls it every 1000 ms).
 NO_COMMIT = ["-outputformat", "org.apache.hadoop.mapred.lib.NullOutputFormat"]
+#: Largest map input of an iteration (CombineTextInputFormat): HDFS's default block size.
+COMBINED_SPLIT_BYTES = 128 << 20
 
 
 class HadoopEngine(Engine):
     name = "hadoop"
+    remote_stages = ("ingest", "reconstruct")
 
     def __init__(self, framework: str | None = None, python: str | None = None, timeout: float | None = None,
                  hdfs=None):
@@ -161,6 +171,7 @@ class HadoopEngine(Engine):
         self._hdfs = hdfs
         self._means: dict[tuple[str, str], list[float]] = {}
         self._centroids: dict[tuple[str, str, int], object] = {}  # (area, image id, iteration) -> (K, 3)
+        self._submitter = None  # yarn.Submitter, False when none can be kept
         self.last_job: dict = {}
         self.jobs = 0  # jobs submitted by this engine
 
@@ -176,10 +187,17 @@ class HadoopEngine(Engine):
     def work_root(self) -> str:
         return settings.hdfs_work_root() or posixpath.join(self.hdfs.home(), "kmeans-work")
 
+    def area_for(self, key: str) -> WorkArea:
+        """The HDFS work area of run ``key`` (where cluster jobs ingest into, and stage uploads)."""
+        return WorkArea(posixpath.join(self.work_root(), key))
+
     def stage(self, local: WorkArea, key: str) -> WorkArea:
-        """Upload a run's local work area (written by ingest) to HDFS, atomically; returns it there."""
-        remote = WorkArea(posixpath.join(self.work_root(), key))
-        self.hdfs.upload_dir(local.root, remote.root)
+        """Upload the images of a local work area (written by ingest in process) into run ``key``'s
+        HDFS work area, each image's folder atomically, beside those a cluster job ingested there."""
+        remote = self.area_for(key)
+        images = os.path.join(local.root, "images")
+        for image_id in sorted(os.listdir(images)) if os.path.isdir(images) else []:
+            self.hdfs.upload_dir(local.image_dir(image_id), remote.image_dir(image_id))
         return remote
 
     def fetch(self, area: WorkArea, image_id: str, local_root: str) -> WorkArea:
@@ -242,7 +260,11 @@ class HadoopEngine(Engine):
             "reducer": f"reduce centroids.tsv {float(delta)!r} {area.root} {iteration} {output}",
             # One reducer: the shuffle carries K records per image and map task, so one reducer is
             # never the bottleneck, and it lets a small job run in uber mode.
-            "options": ["-D", "mapreduce.job.reduces=1"], "streaming": NO_COMMIT,
+            # Small points files share a map task, up to a block's worth (a batch of a few photos
+            # is one map: one Python start, not one per image); larger ones still split by block.
+            "options": ["-D", "mapreduce.job.reduces=1", "-D", "stream.map.input.ignoreKey=true",
+                        "-D", f"mapreduce.input.fileinputformat.split.maxsize={COMBINED_SPLIT_BYTES}"],
+            "streaming": ["-inputformat", "org.apache.hadoop.mapred.lib.CombineTextInputFormat", *NO_COMMIT],
             "env": self.node_env(),
         }
 
@@ -290,7 +312,7 @@ class HadoopEngine(Engine):
                 shipped.append(os.path.join(tmp, name))
                 with open(shipped[-1], "wb") as handle:
                     handle.write(data)
-            command = client_command() + options + ["-files", ",".join(shipped)]
+            command = options + ["-files", ",".join(shipped)]
             for name, value in {"PYTHONPATH": "kmeans_ops.zip", **spec.get("env", {})}.items():
                 command += ["-cmdenv", f"{name}={value}"]
             command += ["-input", ",".join(spec["inputs"]), "-output", output, "-mapper", f"{task} {spec['mapper']}"]
@@ -299,13 +321,31 @@ class HadoopEngine(Engine):
                         *spec.get("streaming", [])]
             log.info("submitting %s: %s", spec["what"], " ".join(command[-12:]))
             if self.framework == "local":  # LocalJobRunner runs the job inside the client: it cannot go on alone
-                job = self._run_locally(command, env, spec["what"])
-            else:  # the client hands the job to YARN (-background) and exits: waiting is wait()'s
-                job = yarn.submit(command, env, self.timeout, spec["what"])
+                job = self._run_locally(client_command() + command, env, spec["what"])
+            else:  # the client hands the job to YARN (-background) and returns: waiting is wait()'s
+                job = yarn.submit(self._client(env), command, env, self.timeout, spec["what"])
         self.jobs += 1
         job.update(what=spec["what"], output=output, framework=self.framework)
         self.last_job = {k: job.get(k) for k in ("application_id", "job_id", "tracking_url", "framework")}
         return job
+
+    def _client(self, env: dict):
+        """The Hadoop client of this engine's jobs: one JVM kept for all of them (yarn.Submitter)
+        when the client is plain ``java`` with a JDK (the dev cluster's jars, or HADOOP_HOME's
+        ``bin/hadoop classpath``), else the command that starts one per job."""
+        from . import yarn
+
+        if self._submitter is None and settings.hadoop_keep_client():
+            command = client_command()
+            java = command[0] if command[0].endswith("/java") else os.path.join(settings.java_home(), "bin", "java")
+            try:
+                if yarn.Submitter.available(java):
+                    opts, class_path = _jvm_route(command, env)
+                    self._submitter = yarn.Submitter(java, opts, class_path, env)
+            except (HadoopJobError, OSError, subprocess.SubprocessError) as err:
+                log.warning("a client JVM per job (could not keep one: %s)", str(err).splitlines()[0])
+                self._submitter = False
+        return self._submitter or client_command()
 
     def _run_locally(self, command: list[str], env: dict, what: str) -> dict:
         try:
@@ -388,6 +428,17 @@ class HadoopEngine(Engine):
             self._centroids[(area.root, image_id, iteration)] = new  # the next iteration's, unread
             figures[image_id] = {**stats, "iteration": iteration}
         return figures
+
+
+def _jvm_route(command: list[str], env: dict) -> tuple[list[str], str]:
+    """(JVM options, class path) of the Hadoop client ``command``: the dev route's own, or with
+    HADOOP_HOME the add-opens set and ``bin/hadoop classpath``."""
+    if "-cp" in command:
+        at = command.index("-cp")
+        return command[1:at], command[at + 1]
+    done = subprocess.run([command[0], "classpath"], capture_output=True, text=True, timeout=120, env=env, check=True)
+    conf = env.get("HADOOP_CONF_DIR") or settings.hadoop_conf_dir()
+    return ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *JAVA_OPENS], f"{conf}:{done.stdout.strip()}"
 
 
 def _jsonable(args: dict) -> dict:

@@ -136,8 +136,9 @@ def _ingest_one(image: dict, conf: dict) -> dict:
 
 def _reconstruct_one(image: dict, conf: dict) -> dict:
     from ..hdfs import Hdfs
+    from ..paths import HdfsFS
     from ..reconstruct import reconstruct_batch
-    from ..report import thumbnail_data_uri, THUMB_SIDE
+    from ..report import THUMB_SIDE, thumbnail_data_uri
 
     hdfs, remote = Hdfs(), WorkArea(conf["area"])
     with tempfile.TemporaryDirectory(prefix="kmeans-reconstruct-") as tmp:
@@ -155,7 +156,7 @@ def _reconstruct_one(image: dict, conf: dict) -> dict:
         try:
             for name in sorted(os.listdir(out)):
                 with open(os.path.join(out, name), "rb") as handle:
-                    hdfs.write_bytes(posixpath.join(conf["staging"], name), handle.read())
+                    hdfs.write_bytes(posixpath.join(hdfs_path(conf["staging"]), name), handle.read())
             with open(result["json"], encoding="utf-8") as handle:
                 output = json.load(handle).get("output")
             source = os.path.join(tmp, "source")
@@ -168,8 +169,9 @@ def _reconstruct_one(image: dict, conf: dict) -> dict:
         except (OSError, RuntimeError, ValueError) as err:
             return {"ok": False, "stage": "reconstruct", "source": image["stem"],
                     "error": f"{shown(image['stem'])}: {shown(str(err))}"}
+        prefix = HdfsFS.split(conf["staging"])[0]  # hdfs://host:port of the output
         return {**result, "json": posixpath.join(conf["staging"], image["stem"] + ".json"),
-                "thumbnails": posixpath.join(remote.image_dir(image["image_id"]), THUMBNAILS)}
+                "thumbnails": prefix + posixpath.join(remote.image_dir(image["image_id"]), THUMBNAILS)}
 
 
 def image_source(area: WorkArea, image_id: str) -> str:

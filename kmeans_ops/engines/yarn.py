@@ -12,8 +12,10 @@ same :func:`state_of` and :func:`progress_of` read here. Nothing here imports Ai
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
+import tempfile
 import time
 
 from .. import settings
@@ -74,26 +76,102 @@ def summary_of(app: dict) -> str:
     return f"{app.get('state')}/{app.get('finalStatus')}" + (f": {diagnostics}" if diagnostics else "")
 
 
-def submit(command: list[str], env: dict, timeout: float, what: str) -> dict:
-    """Run the Hadoop client ``command`` (ending in streaming options, ``-background`` added here)
-    and return the job once YARN has accepted it: ``{"application_id", "job_id", "tracking_url",
-    "submitted_at", "rm"}``. HadoopJobError when the client fails or names no application."""
+def submit(client: list[str] | Submitter, args: list[str], env: dict, timeout: float, what: str) -> dict:
+    """Submit one streaming job (``args``: generic, then streaming options; ``-background`` is
+    added here) and return it once YARN has accepted it: ``{"application_id", "job_id",
+    "tracking_url", "submitted_at", "rm"}``. ``client``: a :class:`Submitter` (a client JVM kept
+    for the run), or the command that starts a client for this job alone. HadoopJobError when
+    the client fails or names no application."""
     started = time.time()
-    try:
-        done = subprocess.run(command + ["-background"], capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired as err:
-        raise HadoopJobError(f"{what}: the Hadoop client did not submit the job in {timeout:.0f}s") from err
-    client_log = done.stderr + done.stdout
-    app = re.search(r"Submitted application (application_\d+_\d+)", client_log)
-    url = re.search(r"url to track the job: (\S+)", client_log)
-    job = re.search(r"Running job: (job_\w+)", client_log)
-    if done.returncode != 0 or not app:
-        tail = "\n".join(client_log.strip().splitlines()[-40:])
-        raise HadoopJobError(f"{what}: the Hadoop client could not submit the job (exit {done.returncode}); "
-                             f"application (none: failed before YARN accepted it)\n{tail}")
-    log.info("%s: submitted %s in %.1f s (%s)", what, app.group(1), time.time() - started, url.group(1) if url else "")
-    return {"application_id": app.group(1), "job_id": job.group(1) if job else app.group(1).replace("application_", "job_"),
-            "tracking_url": url.group(1) if url else "", "submitted_at": started, "rm": rm_address()}
+    if isinstance(client, Submitter):
+        app_id, url = client.submit(args + ["-background"], timeout, what)
+    else:
+        try:
+            done = subprocess.run(client + args + ["-background"], capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as err:
+            raise HadoopJobError(f"{what}: the Hadoop client did not submit the job in {timeout:.0f}s") from err
+        client_log = done.stderr + done.stdout
+        app = re.search(r"Submitted application (application_\d+_\d+)", client_log)
+        found = re.search(r"url to track the job: (\S+)", client_log)
+        if done.returncode != 0 or not app:
+            raise HadoopJobError(f"{what}: the Hadoop client could not submit the job (exit {done.returncode}); "
+                                 f"application (none: failed before YARN accepted it)\n{_tail(client_log)}")
+        app_id, url = app.group(1), found.group(1) if found else ""
+    log.info("%s: submitted %s in %.1f s (%s)", what, app_id, time.time() - started, url)
+    return {"application_id": app_id, "job_id": app_id.replace("application_", "job_"), "tracking_url": url,
+            "submitted_at": started, "rm": rm_address()}
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+#: Shipped inside the package (package data), compiled where the client runs.
+SUBMITTER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "KMeansSubmitter.java")
+
+
+class Submitter:
+    """One Hadoop client JVM for all the jobs of a run (kmeans_ops/engines/KMeansSubmitter.java): a
+    job is one line of arguments on its stdin, answered by ``OK <app id> <url>`` or ``ERR``.
+    Starting a client JVM per job costs 2-3 s on a small machine; the class is compiled once per
+    Hadoop class path (javac of the client's JDK) into the temporary folder. The JVM ends when
+    this process does (its stdin closes)."""
+
+    def __init__(self, java: str, jvm_options: list[str], class_path: str, env: dict):
+        self.classes = self._compiled(java, class_path)
+        self.log_file = tempfile.TemporaryFile(prefix="kmeans-submitter-")
+        self.process = subprocess.Popen([java, *jvm_options, "-cp", f"{self.classes}:{class_path}", "KMeansSubmitter"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log_file,
+                                        env=env, text=True, bufsize=1)
+
+    @staticmethod
+    def available(java: str) -> bool:
+        return os.path.exists(os.path.join(os.path.dirname(java), "javac")) and os.path.exists(SUBMITTER_SOURCE)
+
+    @staticmethod
+    def _compiled(java: str, class_path: str) -> str:
+        import hashlib
+        import shutil
+
+        with open(SUBMITTER_SOURCE, "rb") as handle:
+            digest = hashlib.sha256(handle.read() + class_path.encode()).hexdigest()[:16]
+        folder = os.path.join(tempfile.gettempdir(), f"kmeans-submitter-{os.getuid()}-{digest}")
+        if not os.path.exists(os.path.join(folder, "KMeansSubmitter.class")):
+            build = tempfile.mkdtemp(prefix=".kmeans-submitter-build-", dir=tempfile.gettempdir())
+            done = subprocess.run([os.path.join(os.path.dirname(java), "javac"), "-nowarn", "-cp", class_path,
+                                   "-d", build, SUBMITTER_SOURCE], capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                shutil.rmtree(build, ignore_errors=True)
+                raise HadoopJobError(f"could not compile {SUBMITTER_SOURCE}:\n{_tail(done.stderr)}")
+            try:
+                os.rename(build, folder)
+            except OSError:  # another process compiled it meanwhile
+                shutil.rmtree(build, ignore_errors=True)
+        return folder
+
+    def submit(self, args: list[str], timeout: float, what: str) -> tuple[str, str]:
+        import select
+
+        if any("\t" in a or "\n" in a for a in args):
+            raise HadoopJobError(f"{what}: a job argument holds a tab or a line break")
+        start = self.log_file.seek(0, os.SEEK_END)
+        try:
+            self.process.stdin.write("\t".join(args) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise HadoopJobError(f"{what}: the Hadoop client JVM has exited\n{self._log(start)}") from None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        answer = self.process.stdout.readline().rstrip("\n") if ready else ""
+        fields = answer.split("\t")
+        if fields[0] == "OK" and len(fields) == 3:
+            return fields[1], fields[2]
+        problem = "did not submit the job in time" if not ready else f"could not submit the job ({answer or 'exited'})"
+        raise HadoopJobError(f"{what}: the Hadoop client {problem}; application (none: failed before YARN accepted "
+                             f"it)\n{self._log(start)}")
+
+    def _log(self, start: int) -> str:
+        self.log_file.seek(start)
+        return _tail(self.log_file.read().decode("utf-8", "replace"))
 
 
 def _get(url: str) -> dict:

@@ -370,11 +370,14 @@ class PublishOperator(BaseOperator):
         ``failures`` (images that failed before reconstruction) and, when the DAG keeps one,
         ``timeline`` (``[stage, end time]`` marks, for the report's time per stage).
     :param results: the reconstruction results, one dict per image (``ok``; for an image done,
-        ``json``, its figures in the staging folder, and ``seconds``), or a list of such lists (one
-        per mapped task), which is flattened.
+        ``seconds`` and its figures: ``figures``, inline, or else ``json``, the path of its JSON
+        file in the staging folder, local or ``hdfs://``), or a list of such lists (one per mapped
+        task), which is flattened.
 
-    Returns the published folder. A cleared and re-run task whose run is already published (no
-    staging folder left, the final one there) publishes nothing again. Fails without retry when
+    ``plan["output"]`` may be an ``hdfs://`` folder (engine hadoop): the same rules, by HDFS renames
+    (kmeans_ops.publish). Returns the published folder (a path or an ``hdfs://`` URI). A cleared
+    and re-run task whose run is already published (no staging folder left, the final one there)
+    publishes nothing again. Fails without retry when
     publishing would replace a folder that is not a published run (PublishError), and, after
     publishing the report of the failures, when no image could be reconstructed. Each Asset in
     ``outlets`` gets the event extra ``{"folder": <published folder>, "run_id": ...}``. Its
@@ -404,6 +407,21 @@ class PublishOperator(BaseOperator):
         return flat
 
     @staticmethod
+    def figures_of(result: dict) -> dict:
+        """An image's figures: inline (``result["figures"]``, as a reconstruction on the cluster
+        returns them) or read from its JSON file ``result["json"]`` (local or ``hdfs://``)."""
+        import json
+
+        from kmeans_ops.paths import filesystem
+
+        figures = result["figures"] if isinstance(result.get("figures"), dict) else json.loads(
+            filesystem(result["json"]).read_bytes(result["json"]))
+        if isinstance(result.get("thumbnails"), str):  # made on the node (kmeans_ops.engines.stages)
+            thumbnails = result["thumbnails"]
+            figures = {**figures, "thumbnails": json.loads(filesystem(thumbnails).read_bytes(thumbnails))}
+        return figures
+
+    @staticmethod
     def stages(marks: list, started: float | None) -> list[list]:
         """``[stage, seconds]`` from ``[stage, end time]`` marks: the first stage from ``started``
         (the run's start; no first stage when unknown), each next one from the previous mark."""
@@ -420,7 +438,6 @@ class PublishOperator(BaseOperator):
         return info
 
     def execute(self, context):
-        import json
         import time
 
         from airflow.sdk import Asset
@@ -438,11 +455,7 @@ class PublishOperator(BaseOperator):
             if already_published(plan["output"], plan["key"]):
                 self.log.info("already published: %s", final)  # a cleared and re-run publish
             else:
-                figures = []
-                for r in results:
-                    if r["ok"]:
-                        with open(r["json"], encoding="utf-8") as handle:
-                            figures.append({**json.load(handle), "seconds": r["seconds"]})
+                figures = [{**self.figures_of(r), "seconds": r.get("seconds")} for r in results if r["ok"]]
                 started = context["dag_run"].start_date
                 info = self.run_info(started.timestamp() if started else None, time.time())
                 publish(plan["output"], plan["key"], figures, failures, info,

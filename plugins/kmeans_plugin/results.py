@@ -2,19 +2,21 @@
 folder may be served, and which file of it a requested name means.
 
 - A run's folder comes only from Airflow's metadata: the return value (XCom) of the run's
-  successful ``publish`` task, an absolute path. Never from the client.
+  successful ``publish`` task, an absolute path or an ``hdfs://`` URI (a run of engine hadoop
+  published on HDFS, read through WebHDFS: kmeans_ops.hdfs). Never from the client.
 - It is served only when it resolves under the allowed roots (kmeans_ops.paths.AllowedRoots), is
   a published run (kmeans_ops.publish.is_published: it holds summary.json and is no symlink) and
   its summary.json names that same DAG and run id (kmeans_ops.publish.published_by): someone who
   may edit XComs can make a run's link show nothing, never another run's or a foreign folder.
 - A name is a plain file name of that folder (no ``/``, no ``..``, no hidden file) with a known
-  type; its resolved path must still lie in the folder, so a symlink pointing out is refused.
+  type; its resolved path must still lie in the folder, so a symlink pointing out is refused (HDFS
+  has none), and it must be a regular file.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import posixpath
 
 #: The task whose return value is the run's published folder.
 PUBLISH_TASK_ID = "publish"
@@ -27,17 +29,18 @@ HTML_TYPE = "text/html; charset=utf-8"
 
 
 def servable_folder(folder, roots, dag_id: str, run_id: str) -> str | None:
-    """The resolved path of ``folder`` if it is a local folder under ``roots`` (an AllowedRoots)
-    published by run ``run_id`` of ``dag_id``, else None."""
-    from kmeans_ops.paths import is_hdfs
+    """The resolved path of ``folder`` if it is a folder (an absolute local path or an ``hdfs://``
+    URI) under ``roots`` (an AllowedRoots) published by run ``run_id`` of ``dag_id``, else None.
+    HDFS errors (kmeans_ops.hdfs.HdfsError) are raised."""
+    from kmeans_ops.paths import is_hdfs, resolve
     from kmeans_ops.publish import published_by
 
-    if not isinstance(folder, str) or not folder or "\0" in folder or is_hdfs(folder) or not os.path.isabs(folder):
+    if not isinstance(folder, str) or not folder or "\0" in folder or not (is_hdfs(folder) or os.path.isabs(folder)):
         return None
     try:
         if not roots.contains(folder):
             return None
-        real = os.path.realpath(folder)
+        real = resolve(folder)
     except (OSError, ValueError):
         return None
     return real if published_by(real, dag_id, run_id) else None
@@ -51,31 +54,43 @@ def content_type(name: str) -> str | None:
 
 
 def file_in(folder: str, name: str) -> str | None:
-    """The path of the file ``name`` directly inside ``folder`` (already resolved), or None when
-    ``name`` is not a plain, servable file name or resolves outside the folder."""
+    """The path of the file ``name`` directly inside ``folder`` (already resolved; local or
+    ``hdfs://``), or None when ``name`` is not a plain, servable file name or resolves outside the
+    folder."""
+    from kmeans_ops.paths import filesystem
+
     if not name or name.startswith(".") or any(ch in name for ch in ("/", "\\", "\0")):
         return None
     if content_type(name) is None:
         return None
-    real = os.path.realpath(os.path.join(folder, name))
-    if os.path.dirname(real) != folder or not os.path.isfile(real):
+    fs = filesystem(folder)
+    real = fs.resolve(fs.join(folder, name))
+    if posixpath.dirname(real) != folder or not fs.is_file(real):
         return None
     return real
+
+
+def open_file(path: str):
+    """(size in bytes, the bytes in chunks) of a file that :func:`file_in` returned: opened now,
+    read from the local disk or streamed from HDFS through WebHDFS."""
+    from kmeans_ops.paths import filesystem
+
+    fs = filesystem(path)
+    return fs.stat(path).size, fs.reader(path)
 
 
 def summary_of(folder: str) -> dict | None:
     """A published run's figures for the results page (from its summary.json), or None when the
     file cannot be read."""
-    from kmeans_ops.publish import PUBLISHED_MARKER
+    from kmeans_ops.publish import read_summary
 
     try:
-        with open(os.path.join(folder, PUBLISHED_MARKER), encoding="utf-8") as handle:
-            summary = json.load(handle)
+        summary = read_summary(folder)
         run = summary.get("run") or {}
         params = run.get("params") or {}
         return {"images": len(summary.get("images") or []), "failures": len(summary.get("failures") or []),
                 "k": params.get("k"), "engine": run.get("engine")}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (AttributeError, TypeError):
         return None
 
 

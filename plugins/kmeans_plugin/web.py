@@ -1,6 +1,6 @@
 """The results app: published K-means runs, served by the Airflow API server (same origin as the UI).
 
-The plugin mounts it under ``/kmeans`` (kmeans_plugin.__init__). Read only: GET routes only.
+The plugin mounts it under ``/kmeans`` (kmeans_plugin.plugin). Read only: GET routes only.
 
 Authentication: Airflow mounts a plugin app with ``app.mount()``, which inherits none of the core
 API's dependencies, so an undeclared route would be open to anyone. Every route here declares
@@ -14,7 +14,8 @@ Routes (below the mount point):
 - ``GET /results``: the newest successful ``publish`` tasks of ``kmeans_image_clustering``, with
   a link to each report; shown in the UI's navigation (the plugin's external view).
 - ``GET /runs/<dag id>/<run id>/<name>``: one file (``report.html``, images, JSON) of the folder
-  the run's ``publish`` task returned, under the rules of kmeans_plugin.results; 404 otherwise.
+  the run's ``publish`` task returned, local or on HDFS (streamed through WebHDFS), under the
+  rules of kmeans_plugin.results; 404 otherwise, 503 when HDFS cannot be read now.
 - ``GET /runs/<dag id>/<run id>/``: redirects to the report.
 """
 
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+from contextlib import contextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -78,17 +81,36 @@ def run_file(dag_id: str, run_id: str, name: str, session: SessionDep):
     returned = rules.published_folder(session, dag_id, run_id)
     if returned is None:
         raise HTTPException(404, f"DAG {dag_id}, run {run_id}: no successful publish task, nothing published")
-    folder = rules.servable_folder(returned, allowed_roots(), dag_id, run_id)
-    if folder is None:
-        log.warning("not serving run %s of %s: its folder is outside the allowed roots or not a published run",
-                    run_id, dag_id)
-        raise HTTPException(404, f"DAG {dag_id}, run {run_id}: its results are not served (outside the allowed "
-                                 f"roots, no longer a published run, or published by another run)")
-    path = rules.file_in(folder, name)
-    if path is None:
-        raise HTTPException(404, f"DAG {dag_id}, run {run_id}: no such file in the run's results")
-    content_type = rules.content_type(os.path.basename(path))  # of the file served, not of the name asked
-    return FileResponse(path, media_type=content_type, headers=_headers(content_type))
+    with hdfs_unavailable(dag_id, run_id):
+        folder = rules.servable_folder(returned, allowed_roots(), dag_id, run_id)
+        if folder is None:
+            log.warning("not serving run %s of %s: its folder is outside the allowed roots or not a published run",
+                        run_id, dag_id)
+            raise HTTPException(404, f"DAG {dag_id}, run {run_id}: its results are not served (outside the allowed "
+                                     f"roots, no longer a published run, or published by another run)")
+        path = rules.file_in(folder, name)
+        if path is None:
+            raise HTTPException(404, f"DAG {dag_id}, run {run_id}: no such file in the run's results")
+        try:
+            size, chunks = rules.open_file(path)
+        except (OSError, AttributeError):  # removed since it was checked
+            raise HTTPException(404, f"DAG {dag_id}, run {run_id}: no such file in the run's results") from None
+    content_type = rules.content_type(posixpath.basename(path))  # of the file served, not of the name asked
+    headers = {**_headers(content_type), "Content-Length": str(size)}
+    return StreamingResponse(chunks, media_type=content_type, headers=headers)
+
+
+@contextmanager
+def hdfs_unavailable(dag_id: str, run_id: str):
+    """503 (one line naming the run; the HDFS error, which names the path and the NameNode, only in
+    the server's log) when a run published on HDFS cannot be read now."""
+    from kmeans_ops.hdfs import HdfsError
+
+    try:
+        yield
+    except HdfsError as err:
+        log.warning("results of run %s of %s cannot be read: %s", run_id, dag_id, err)
+        raise HTTPException(503, f"DAG {dag_id}, run {run_id}: its results on HDFS cannot be read now") from None
 
 
 @app.get("/results", response_class=HTMLResponse,
@@ -99,8 +121,12 @@ def results_page(session: SessionDep, limit: int = Query(DEFAULT_LIMIT, ge=1, le
     roots = allowed_roots()
     runs = []
     for run_id, end_date, returned in rules.recent_publications(session, rules.RESULTS_DAG_ID, limit):
-        folder = rules.servable_folder(returned, roots, rules.RESULTS_DAG_ID, run_id)
-        summary = rules.summary_of(folder) if folder else None
+        try:
+            with hdfs_unavailable(rules.RESULTS_DAG_ID, run_id):
+                folder = rules.servable_folder(returned, roots, rules.RESULTS_DAG_ID, run_id)
+                summary = rules.summary_of(folder) if folder else None
+        except HTTPException:  # this run's HDFS cannot be read now: listed as not available
+            summary = None
         runs.append({
             "run_id": run_id,
             "published": rules.format_time(end_date),

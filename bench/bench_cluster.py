@@ -1,0 +1,86 @@
+"""Cluster mode where the data lives (issue 13), on the dev cluster: ``bin/hadoop-dev up`` first.
+
+1. Seconds per YARN iteration for a batch of 3 photos in HDFS, through the CLI, as the issue
+   measures it: (a run of 4 iterations - a run of 1) / 3, each CLI run a fresh process into an
+   ``hdfs://`` output; with one client JVM kept for the run (the default) and with a client JVM per
+   job (``KMEANS_HADOOP_KEEP_CLIENT=false``), in the same script.
+2. Bytes the submitting process read (``/proc/self/io`` rchar, files and sockets) for those 3
+   photos against the same command on one 8x8 image, as a share of the images' bytes.
+
+Usage: .venv/bin/python bench/bench_cluster.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from kmeans_ops.hdfs import Hdfs  # noqa: E402
+from kmeans_ops.samples import write_samples  # noqa: E402
+
+PHOTOS = ("astronaut.png", "coffee.png", "rocket.png")
+RCHAR = ("import atexit, runpy, sys\n"
+         "atexit.register(lambda: print('RCHAR', dict(l.split(': ') for l in open('/proc/self/io').read()"
+         ".splitlines())['rchar'], file=sys.stderr))\n"
+         "sys.argv = ['kmeans_ops'] + sys.argv[1:]\n"
+         "runpy.run_module('kmeans_ops', run_name='__main__')\n")
+
+
+def cli(inputs: str, out: str, iterations: int, env: dict) -> tuple[float, int]:
+    """(wall seconds, rchar) of one CLI run in a fresh process."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", RCHAR, "quantize", inputs, "-k", "16", "--engine", "hadoop",
+                           "--max-iter", str(iterations), "--delta", "0", "-q", "--out", out],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"the CLI failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds, int(done.stderr.rsplit("RCHAR ", 1)[1].split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (the best is kept)")
+    args = parser.parse_args()
+    hdfs = Hdfs()
+    base = f"/tmp/bench-cluster-{uuid.uuid4().hex[:8]}"
+    uri = f"hdfs://127.0.0.1:8020{base}"
+    folder = tempfile.mkdtemp(prefix="bench-cluster-")
+    write_samples(folder)
+    for name in PHOTOS:
+        hdfs.write_bytes(f"{base}/in/{name}", open(os.path.join(folder, name), "rb").read())
+    import cv2
+
+    hdfs.write_bytes(f"{base}/tiny/tiny.png", cv2.imencode(".png", cv2.imread(os.path.join(folder, PHOTOS[0]))[:8, :8])[1].tobytes())
+    image_bytes = sum(os.path.getsize(os.path.join(folder, n)) for n in PHOTOS)
+    print(f"# bench_cluster: {len(PHOTOS)} photos ({image_bytes / 1e6:.2f} MB) in HDFS, K=16, output on HDFS")
+    try:
+        rows = {}
+        for label, env in (("one client JVM per run", {}), ("a client JVM per job", {"KMEANS_HADOOP_KEEP_CLIENT": "false"})):
+            best = {}
+            for iterations in (1, 4):
+                runs = [cli(f"{uri}/in", f"{uri}/out-{uuid.uuid4().hex[:6]}", iterations, env)[0]
+                        for _ in range(args.repeat)]
+                best[iterations] = min(runs)
+            rows[label] = (best[4] - best[1]) / 3
+            print(f"{label:24s}: 1 iteration {best[1]:6.1f} s, 4 iterations {best[4]:6.1f} s "
+                  f"-> {rows[label]:5.2f} s per iteration")
+        _, many = cli(f"{uri}/in", f"{uri}/out-rchar", 2, {})
+        _, tiny = cli(f"{uri}/tiny", f"{uri}/out-tiny", 2, {})
+        extra = many - tiny
+        print(f"submitter read {extra / 1e3:.1f} KB more for the photos than for one 8x8 image: "
+              f"{100 * extra / image_bytes:.1f}% of the images' bytes")
+    finally:
+        hdfs.delete(base)
+
+
+if __name__ == "__main__":
+    main()
