@@ -14,19 +14,17 @@ its own files only.
 
 from __future__ import annotations
 
-import posixpath
-
 from .workarea import WorkArea
 
 
 def cluster_stages(engine, params: dict) -> bool:
-    """Whether this run's images in HDFS are ingested and reconstructed by jobs on the cluster: the
-    Hadoop engine (it runs the stages of kmeans_ops.engines.stages) and one palette per image."""
+    """Whether this run's images in HDFS are ingested and reconstructed by jobs on the cluster: an
+    engine that runs those stages there (``Engine.remote_stages``: the Hadoop engine's) and one
+    palette per image."""
     from .palette import mode
     from .params import Params
 
-    runs_stages = "ingest" in engine.remote_stages or engine.name == "hadoop"  # see the module docstring
-    return runs_stages and mode(Params(**params)) == "image"
+    return "ingest" in engine.remote_stages and mode(Params(**params)) == "image"
 
 
 def ingested_on_cluster(engine, params: dict, image: dict) -> bool:
@@ -37,33 +35,20 @@ def ingested_on_cluster(engine, params: dict, image: dict) -> bool:
     return cluster_stages(engine, params) and is_hdfs(image["path"])
 
 
-def remote_area(engine, key: str) -> WorkArea:
-    """The run's work area in HDFS, where the cluster's ingest writes and HadoopEngine.stage puts
-    the local one."""
-    return WorkArea(posixpath.join(engine.work_root(), key))
-
-
 def stage(engine, local: WorkArea, key: str, params: dict, ingested: list[dict], unit: str | None = None):
     """Put a run's work area where the engine reads it, after ingest (``ingested``: the records of
     the images ingested without error); returns (that area, the ids of the images the cluster
     ingested).
 
-    When the cluster ingested some images into the run's work area in HDFS, each image ingested in
-    the task is uploaded beside them, its folder on its own (replaced as a whole, atomically), so
-    what the cluster wrote stays. Otherwise the engine stages the local area as a whole
-    (``engine.stage``; with a shared palette, the palette unit alone: the images' own files stay
-    local, where reconstruction reads them).
+    The engine stages what the task ingested into the local area (``engine.stage``: the Hadoop
+    engine uploads each image's folder on its own, beside those the cluster ingested into the run's
+    HDFS work area, which stay); with a shared palette, the palette unit alone (the images' own
+    files stay local, where reconstruction reads them).
     """
     from .palette import unit_area
 
     on_cluster = [r["image_id"] for r in ingested if ingested_on_cluster(engine, params, r)]
-    if not on_cluster:
-        return engine.stage(unit_area(local, unit) if unit else local, key), []
-    remote = remote_area(engine, key)
-    for r in ingested:
-        if r["image_id"] not in on_cluster:
-            engine.hdfs.upload_dir(local.image_dir(r["image_id"]), remote.image_dir(r["image_id"]))
-    return remote, on_cluster
+    return engine.stage(unit_area(local, unit) if unit else local, key), on_cluster
 
 
 def reconstructed_on_cluster(engine, plan: dict) -> set[str]:

@@ -168,7 +168,8 @@ class Run:
     def __init__(self, server, token, conf: dict):
         self.server, self.token = server, token
         run = request(f"{server.api}/api/v2/dags/{DAG}/dagRuns", token, {"logical_date": None, "conf": conf})
-        self.url = f"{server.api}/api/v2/dags/{DAG}/dagRuns/{quote(run['dag_run_id'], safe='')}"
+        self.run_id = run["dag_run_id"]
+        self.url = f"{server.api}/api/v2/dags/{DAG}/dagRuns/{quote(self.run_id, safe='')}"
         self.seen: dict[tuple[str, int], set] = {}
         self.started = time.time()
 
@@ -213,23 +214,24 @@ def hdfs_photos(names: list[str], scale: int = 4) -> tuple[str, str]:
 
 
 def test_dag_defers_on_yarn_under_the_scheduler_and_equals_the_local_engine(server):
-    """engine=hadoop, images in HDFS, deferrable: the ingest job (on the cluster) and each
-    iteration's job are waited for in the triggerer (the task instances go through "deferred"),
-    the triggerer's progress lines are in the task's log, and the run publishes the centroids of
-    the embedded engine on the same images."""
+    """engine=hadoop, images in HDFS, an hdfs:// output, deferrable: the ingest job and the
+    reconstruction job (both on the cluster) and each iteration's job are waited for in the
+    triggerer (the task instances go through "deferred"), the triggerer's progress lines are in
+    the task's log, and the run publishes into HDFS the centroids of the embedded engine on the
+    same images."""
+    from kmeans_ops.run import run_key
+
     standalone, token, tmp = server
     names = ["coffee", "rocket"]
     remote, uri = hdfs_photos(names)
-    out = tmp / "out-ok"
     conf = {"input": [uri], "engine": "hadoop", "k": 4, "max_iterations": 2, "seed": 3, "delta": 0,
-            "output": str(out)}
+            "output": f"{uri}-out"}
     try:
         run = Run(standalone, token, conf)
         final = run.wait()
         assert final["state"] == "success", run.seen
-        for task_id in ("ingest", ITERATION, "iteration_02.mapreduce"):
-            assert "deferred" in run.seen[(task_id, 0)], (task_id, run.seen[(task_id, 0)])
-            assert run.seen[(task_id, 0)] >= {"deferred", "success"}
+        for task_id in ("ingest", ITERATION, "iteration_02.mapreduce", "reconstruct"):
+            assert run.seen[(task_id, 0)] >= {"deferred", "success"}, (task_id, run.seen[(task_id, 0)])
         log = run.log(ITERATION, 0, 1)
         application = run.xcom(ITERATION, 0, "kmeans_yarn_url").rstrip("/").rsplit("/", 1)[-1]
         assert application.startswith("application_")
@@ -237,8 +239,9 @@ def test_dag_defers_on_yarn_under_the_scheduler_and_equals_the_local_engine(serv
         assert f"iteration 1: {application} running" in log or f"iteration 1: {application} accepted" in log
         assert f"iteration 1: {application} FINISHED/SUCCEEDED after" in log  # the triggerer
         assert "largest shift" in log  # the worker again, resumed
-        ingest_log = run.log("ingest", 0, 1)
-        assert "on the cluster" in ingest_log and "FINISHED/SUCCEEDED" in ingest_log
+        for task_id in ("ingest", "reconstruct"):
+            stage_log = run.log(task_id, 0, 1)
+            assert "on the cluster" in stage_log and "FINISHED/SUCCEEDED" in stage_log, task_id
         # the same centroids as the embedded engine on the same images
         local_in = tmp / "local-in"
         local_in.mkdir()
@@ -247,14 +250,18 @@ def test_dag_defers_on_yarn_under_the_scheduler_and_equals_the_local_engine(serv
         status, err = run_cli("quantize", local_in, "-k", 4, "--max-iter", 2, "--seed", 3, "--delta", 0,
                               "--out", tmp / "cli", "-q")
         assert status == 0, err
+        folder = f"{remote}-out/{run_key(run.run_id)}"
+        assert hdfs().read_bytes(f"{remote}-out/latest") == f"{run_key(run.run_id)}\n".encode()
         for name in names:
-            ours = json.load(open(out / "latest" / f"{name}.json"))
+            ours = json.loads(hdfs().read_bytes(f"{folder}/{name}.json"))
             reference = json.load(open(tmp / "cli" / f"{name}.json"))
             assert ours["engine"] == "hadoop" and ours["source"].startswith("hdfs://")
             assert ours["centroids_rgb"] == reference["centroids_rgb"] and ours["iterations"] == 2
+            assert hdfs().exists(f"{folder}/{name}.png")
         print(f"\ndeferrable run with engine hadoop: {run.seconds:.1f} s")
     finally:
         hdfs().delete(remote)
+        hdfs().delete(f"{remote}-out")
 
 
 def test_job_killed_on_yarn_while_deferred_fails_the_task_then_the_run(server):

@@ -218,7 +218,7 @@ class KMeansIngestOperator(EngineJobOperator):
         remote = [i for i in self.batch if placement.ingested_on_cluster(engine, self.plan["params"], i)]
         job = None
         if remote:
-            area = placement.remote_area(engine, self.plan["key"])
+            area = engine.area_for(self.plan["key"])
             self.log.info("ingest of %d image(s) in HDFS by a job on the cluster, into %s", len(remote), area.root)
             job = engine.submit("ingest", images=remote, area=area, params=self.plan["params"])
         local = [i for i in self.batch if i not in remote]
@@ -255,7 +255,6 @@ class KMeansReconstructOperator(EngineJobOperator):
 
     def start(self, context, engine):
         from kmeans_ops import placement
-        from kmeans_ops.engines.stages import hdfs_path
         from kmeans_ops.publish import final_dir, staging_dir
         from kmeans_ops.reconstruct import reconstruct_batch
         from kmeans_ops.workarea import WorkArea
@@ -272,9 +271,8 @@ class KMeansReconstructOperator(EngineJobOperator):
         job = None
         if remote:
             self.log.info("reconstruction of %d image(s) by a job on the cluster, into %s", len(remote), staging)
-            # the job writes through WebHDFS: a path; the JSON figures name the final folder's URI
-            job = engine.submit("reconstruct", images=remote, area=area, staging=hdfs_path(staging), final=final,
-                                extra=extra, options=options)
+            job = engine.submit("reconstruct", images=remote, area=area, staging=staging, final=final, extra=extra,
+                                options=options)
         local = [i for i in self.batch if i["image_id"] not in on_cluster]
         if unit and local:  # the shared palette's files, once for the batch (the images' own stayed local)
             engine.fetch(area, unit, plan["local_work"])
@@ -282,25 +280,20 @@ class KMeansReconstructOperator(EngineJobOperator):
         done = reconstruct_batch(
             local, (lambda image_id: work) if unit else (lambda image_id: engine.fetch(area, image_id, work.root)),
             staging, final, extra, self.log, options) if local else []
-        return job, {"done": done, "staging": staging, "remote": [i["image_id"] for i in remote]}
+        return job, {"done": done, "remote": [i["image_id"] for i in remote]}
 
-    def finish(self, context, result, done, staging, remote):
-        import posixpath
-
+    def finish(self, context, result, done, remote):
         from kmeans_ops import placement
         from kmeans_ops.errors import shown
 
-        results = []
         for r in result or []:  # the node's own lines are in the job's task logs
             if not r["ok"]:
                 self.log.error("reconstruction of %s failed: %s", shown(r["source"]), r["error"])
-            else:  # the job names its files by HDFS path: the staging folder's URI, as publish reads it
-                r = {**r, "json": staging.rstrip("/") + "/" + posixpath.basename(r["json"])}
-                psnr = "inf" if r.get("psnr") is None else f"{r['psnr']:.2f}"
-                self.log.info("reconstructed %s on the cluster: k=%s, PSNR %s dB, %.2f s -> %s", shown(r["stem"]),
-                              r.get("k"), psnr, r.get("seconds") or 0.0, shown(r["json"]))
-            results.append(r)
-        return placement.interleave(self.batch, set(remote), results, done)
+                continue
+            psnr = "inf" if r.get("psnr") is None else f"{r['psnr']:.2f}"
+            self.log.info("reconstructed %s on the cluster: k=%s, PSNR %s dB, %.2f s -> %s", shown(r["stem"]),
+                          r.get("k"), psnr, r.get("seconds") or 0.0, shown(r["json"]))
+        return placement.interleave(self.batch, set(remote), result or [], done)
 
 
 #: XCom key of the exit decision, set by the iteration that exits.
