@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
 from kmeans_ops import settings
-from kmeans_plugin.operators import ConvergenceOperator, KMeansIterationOperator, PublishOperator
+from kmeans_plugin.operators import (ConvergenceOperator, KMeansIngestOperator, KMeansIterationOperator,
+                                     KMeansReconstructOperator, PublishOperator)
 
 #: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
 ITERATION_BOUND = settings.iteration_bound()
@@ -23,10 +24,13 @@ patterns; each image's output PNG, its figures (JSON) and an HTML **report** are
 in `<output>/<run key>/` (and `<output>/latest`).
 
 Pipeline: `prepare` (check params and paths, find images) -> `ingest` (mapped over batches of
-images, each labelled with its images: colour table, points and initial clusters files) -> `upload`
-(to the run's work area) -> `iteration_NN`: `mapreduce`, one MapReduce job per batch of images still
-moving, then `converge` goes on to the next iteration or exits, skipping every later one ->
-`finals` -> `reconstruct` (mapped over batches) -> `publish` (**Report** link) -> `cleanup`.
+images, each labelled with its images: colour table, points and initial clusters files; with the
+Hadoop engine, images in HDFS by a job on the cluster) -> `upload` (to the run's work area) ->
+`iteration_NN`: `mapreduce`, one MapReduce job per batch of images still moving, then `converge`
+goes on to the next iteration or exits, skipping every later one -> `finals` -> `reconstruct`
+(mapped over batches) -> `publish` (**Report** link) -> `cleanup`. With deferrable operators
+(`AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true` and a triggerer), a task waiting on YARN defers and
+holds no worker slot.
 
 Up to {ITERATION_BOUND} iterations (parse-time bound); `max_iterations` stops earlier; the run's
 note says which iteration exited. A bad image is reported and the others go on; a run where every
@@ -126,22 +130,6 @@ def kmeans_image_clustering():
         context["ti"].xcom_push(key="plan", value={**run, "timeline": [["prepare", time.time()]]})
         return task_batches(images)
 
-    @task(map_index_template="{{ batch_label }}")
-    def ingest(batch: list[dict], run: dict) -> list[dict]:
-        """Colour tables, points files and initial clusters of a batch of images (a bad image is
-        reported, the others go on)."""
-        import logging
-
-        from airflow.sdk import get_current_context
-
-        from kmeans_ops.ingest import ingest_batch
-        from kmeans_ops.params import Params
-        from kmeans_ops.run import batch_label
-        from kmeans_ops.workarea import WorkArea
-
-        get_current_context()["batch_label"] = batch_label([image["stem"] for image in batch])
-        return ingest_batch(batch, WorkArea(run["work"]), Params(**run["params"]), logging.getLogger(__name__))
-
     @task
     def upload(run: dict, ingested: list[list[dict]], **context) -> list[list[str]]:
         """Put the run's work area where the engine reads it; fail the run if no image is usable.
@@ -153,7 +141,7 @@ def kmeans_image_clustering():
 
         from airflow.providers.common.compat.sdk import DownstreamTasksSkipped
 
-        from kmeans_ops import palette
+        from kmeans_ops import palette, placement
         from kmeans_ops.engines import get_engine
         from kmeans_ops.errors import InputError
         from kmeans_ops.params import Params
@@ -171,11 +159,12 @@ def kmeans_image_clustering():
             unit = palette.prepare(WorkArea(run["work"]), good_ids, params)
         except InputError as err:
             raise AirflowFailException(str(err)) from None
-        local = WorkArea(run["work"])
-        # a shared palette: only its unit travels to the engine (the images' own files stay local)
-        area = get_engine(run["engine"]).stage(palette.unit_area(local, unit) if unit else local, run["key"])
+        # images the cluster ingested are in its work area already: the others are staged beside them
+        area, on_cluster = placement.stage(get_engine(run["engine"]), WorkArea(run["work"]), run["key"],
+                                           run["params"], good, unit)
         context["ti"].xcom_push(key="plan", value={
             **run, "work": area.root, "local_work": run["work"], "images": {r["image_id"]: r["stem"] for r in good},
+            "on_cluster": on_cluster,
             "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]],
             "palette_unit": unit, "palette": palette.describe(params, len(good))})
         if palette.mode(params) == "file":  # a fixed palette: no iteration at all
@@ -184,7 +173,9 @@ def kmeans_image_clustering():
         return job_batches([unit] if unit else good_ids, run["batch_size"])
 
     images = prepare()
-    step = upload(images["plan"], ingest.partial(run=images["plan"]).expand(batch=images))
+    ingested = KMeansIngestOperator.partial(task_id="ingest", plan=images["plan"],
+                                            map_index_template="{{ batch_label }}").expand(batch=images)
+    step = upload(images["plan"], ingested.output)
 
     # The iterations: an unrolled chain. Each converge passes the plan and the batches still moving
     # to the next iteration (no edge from upload to every iteration, no join), and on exit skips
@@ -229,33 +220,6 @@ def kmeans_image_clustering():
         ti.xcom_push(key="plan", value={**plan, "timeline": plan["timeline"] + [["iterations", time.time()]]})
         return task_batches(images)
 
-    @task(map_index_template="{{ batch_label }}")
-    def reconstruct(batch: list[dict], run: dict) -> list[dict]:
-        """A batch of images in their K colours, with their figures, into the run's staging folder."""
-        import logging
-
-        from airflow.sdk import get_current_context
-
-        from kmeans_ops.engines import get_engine
-        from kmeans_ops.publish import final_dir, staging_dir
-        from kmeans_ops.reconstruct import reconstruct_batch
-        from kmeans_ops.run import batch_label
-        from kmeans_ops.workarea import WorkArea
-
-        get_current_context()["batch_label"] = batch_label([image["stem"] for image in batch])
-        engine, area, unit = get_engine(run["engine"]), WorkArea(run["work"]), run.get("palette_unit")
-        if unit:  # the shared palette's files, once for the batch (the image's own never left the local area)
-            engine.fetch(area, unit, run["local_work"])
-        local = WorkArea(run["local_work"])
-        extra = {"params": run["params"], "engine": run["engine"], "run_id": run["run_id"]}
-        if unit:
-            extra["palette"] = run["palette"]
-        options = {"labels": run["params"]["labels"], "dither": run["params"]["dither"], "palette_unit": unit}
-        return reconstruct_batch(
-            batch, (lambda image_id: local) if unit else (lambda image_id: engine.fetch(area, image_id, local.root)),
-            staging_dir(run["output"], run["key"]), final_dir(run["output"], run["key"]), extra,
-            logging.getLogger(__name__), options)
-
     @task
     def cleanup(run: dict) -> None:
         """Remove the run's work area once its results are published (the seed never cleaned up)."""
@@ -269,8 +233,9 @@ def kmeans_image_clustering():
 
     last = finals()
     step >> last
-    published = PublishOperator(task_id="publish", plan=last["plan"],
-                                results=reconstruct.partial(run=last["plan"]).expand(batch=last), outlets=[RESULTS])
+    reconstructed = KMeansReconstructOperator.partial(task_id="reconstruct", plan=last["plan"],
+                                                      map_index_template="{{ batch_label }}").expand(batch=last)
+    published = PublishOperator(task_id="publish", plan=last["plan"], results=reconstructed.output, outlets=[RESULTS])
     published >> cleanup(last["plan"])
 
 

@@ -74,6 +74,15 @@ class Standalone:
         password = json.load(open(os.path.join(self.home, "simple_auth_manager_passwords.json.generated")))["admin"]
         return request(f"{self.api}/auth/token", body={"username": "admin", "password": password})["access_token"]
 
+    def unpause(self, token: str, dag: str) -> None:
+        """Unpause ``dag`` once the dag-processor has parsed the DAG files."""
+        for _ in range(60):
+            try:
+                request(f"{self.api}/api/v2/dags/{dag}", token, {"is_paused": False}, "PATCH")
+                return
+            except OSError:
+                time.sleep(2)
+
     def kill(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -98,12 +107,7 @@ def test_a_run_through_the_rest_api_under_the_scheduler_then_ctrl_c(tmp_path):
     server = Standalone(tmp_path, [str(tmp_path)])
     try:
         token, dag = server.token(), "kmeans_image_clustering"
-        for _ in range(60):  # the dag-processor parses the DAG files first
-            try:
-                request(f"{server.api}/api/v2/dags/{dag}", token, {"is_paused": False}, "PATCH")
-                break
-            except OSError:
-                time.sleep(2)
+        server.unpause(token, dag)
         conf = {"input": [str(photos)], "k": 4, "output": str(tmp_path / "out")}
         run = request(f"{server.api}/api/v2/dags/{dag}/dagRuns", token, {"logical_date": None, "conf": conf})
         runs = f"{server.api}/api/v2/dags/{dag}/dagRuns/{quote(run['dag_run_id'], safe='')}"

@@ -2,55 +2,298 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseOperator
 
 from kmeans_plugin.links import YARN_KEY, ReportLink, YarnApplicationLink
 
 
-class KMeansIterationOperator(BaseOperator):
+class EngineJobOperator(BaseOperator):
+    """Base of the operators whose work is a job of a kmeans_ops engine, for a batch of images.
+
+    ``execute`` starts the work (:meth:`start`: submit the engine's job, do what runs in the task);
+    a job that is not over when submitted (a Hadoop job on YARN) is then waited for:
+
+    - ``deferrable=True``: the task defers on :class:`~kmeans_plugin.triggers.YarnApplicationTrigger`
+      and holds no worker slot while YARN works; the triggerer polls the ResourceManager and its
+      progress lines go to the task's log; on the application's end the task resumes in
+      :meth:`execute_complete` on a worker. A job the engine retries (a failure in uber mode) is
+      deferred on again. Needs a running triggerer (``airflow triggerer``; ``standalone`` starts one).
+    - ``deferrable=False`` (the default, ``[operators] default_deferrable``): the task waits in its
+      worker slot (``engine.wait``, progress lines in the task log every few seconds).
+
+    Then :meth:`finish` makes the task's result from the job's (``engine.collect``). An engine error
+    (HDFS, a failed job) fails the task with its first line; the lines after it (the failing
+    task's stderr tail) are logged before, each starting with ``  | ``. ``on_kill`` kills the YARN
+    application the task is waiting for; a deferred task marked failed or cleared has its
+    application killed by the trigger. An application killed on YARN is not run again by the
+    engine (its retry is for a job that failed in uber mode): the task fails, naming it.
+
+    :param plan: the run's plan (the ``prepare``/``upload`` output): work areas, engine, params.
+    :param batch: this task's images (ids, or image records).
+    :param deferrable: defer while YARN runs the job (see above).
+    """
+
+    operator_extra_links = (YarnApplicationLink(),)
+    template_fields = ("plan", "batch")  # XCom arguments are resolved through template fields
+
+    def __init__(self, *, plan: dict, batch: list,
+                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False), **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.batch = batch
+        self.deferrable = deferrable
+        self._waiting: dict | None = None  # the job this task is waiting for, for on_kill
+
+    # ------------------------------------------------------------ what subclasses say
+    def names(self) -> list[str]:
+        """The batch's image names, for the mapped task's label (``map_index_template``)."""
+        return [image["stem"] for image in self.batch]
+
+    def start(self, context, engine) -> tuple[dict | None, dict]:
+        """Submit the batch's job (None: no job) and do the work that stays in the task; returns the
+        job and a small JSON-able state handed to :meth:`finish` (also across a deferral)."""
+        raise NotImplementedError
+
+    def finish(self, context, result, **state):
+        """The task's return value, from the job's result (None when there was no job) and ``state``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the job's life
+    def execute(self, context):
+        engine = self._begin(context)
+        with one_line(self.log):
+            job, state = self.start(context, engine)
+            result = None if job is None else self.follow(context, engine, job, state)
+        return self.finish(context, result, **state)
+
+    def execute_complete(self, context, event: dict | None = None, job: dict | None = None, **state):
+        """Resumed after the trigger's event (``{"final": ...}`` or ``{"error": ...}``)."""
+        from kmeans_ops.engines.yarn import HadoopJobError
+
+        engine = self._begin(context)
+        if job is None:  # `airflow dags test` passes the event alone (Airflow 3.3): the job is in XCom
+            job, state = self._resume_from_xcom(context)
+        with one_line(self.log):
+            if (event or {}).get("error") or "final" not in (event or {}):
+                raise HadoopJobError(f"{(event or {}).get('error') or 'the trigger gave no final state'}; "
+                                     f"application {job.get('application_id')}, tracking URL "
+                                     f"{job.get('tracking_url') or '-'}")
+            job["final"] = event["final"]
+            result = self.follow(context, engine, job, state)
+        return self.finish(context, result, **state)
+
+    def follow(self, context, engine, job: dict, state: dict):
+        """Wait for ``job`` (defer, or block in the task), run the engine's retry if it makes one,
+        and return the job's result (``engine.collect``)."""
+        from datetime import timedelta
+
+        from kmeans_ops import settings
+
+        while True:
+            context["ti"].xcom_push(key=YARN_KEY, value=job.get("tracking_url") or "")
+            if "final" not in job and not job.get("done"):
+                if self.deferrable and job.get("application_id"):
+                    from kmeans_plugin.triggers import YarnApplicationTrigger
+
+                    timeout = float(getattr(engine, "timeout", None) or settings.hadoop_timeout())
+                    trigger = YarnApplicationTrigger.for_job(job, timeout)
+                    context["ti"].xcom_push(key=RESUME_KEY, value={"job": job, "state": state})
+                    self.log.info("%s: %s submitted; the task defers while YARN runs it (the triggerer follows "
+                                  "it)", job["what"], job["application_id"])
+                    # the trigger kills the job at its deadline; this backstop fails the task if no
+                    # triggerer runs at all
+                    self.defer(trigger=trigger, method_name="execute_complete", kwargs={"job": job, **state},
+                               timeout=timedelta(seconds=max(trigger.deadline - time.time(), 0) + DEFER_MARGIN))
+                self._waiting = job
+                try:
+                    job = engine.wait(job, say=self.log.info)
+                finally:
+                    self._waiting = None
+            # an application killed on YARN is not run again (the engine's retry is for a job
+            # that failed in uber mode): someone stopped it
+            again = None if (job.get("final") or {}).get("state") == "KILLED" else engine.retry(job)
+            if again is None:
+                return engine.collect(job)
+            job = again
+
+    def on_kill(self) -> None:
+        job = self._waiting
+        if job and job.get("application_id") and "final" not in job:
+            from kmeans_ops.engines import yarn
+
+            self.log.warning("killing %s (%s)", job["application_id"], job["what"])
+            yarn.kill(job["rm"], job["application_id"])
+
+    def _begin(self, context):
+        from kmeans_ops.engines import get_engine
+        from kmeans_ops.run import batch_label
+
+        context["batch_label"] = batch_label(self.names())  # map_index_template
+        return get_engine(self.plan["engine"])
+
+    def _resume_from_xcom(self, context) -> tuple[dict, dict]:
+        saved = context["ti"].xcom_pull(task_ids=self.task_id, key=RESUME_KEY, map_indexes=context["ti"].map_index)
+        return dict(saved["job"]), dict(saved["state"])
+
+
+#: XCom key of the job a task deferred on, and its state (for a resume without its kwargs).
+RESUME_KEY = "kmeans_job"
+#: Seconds a deferral may outlast the job's own time limit before Airflow fails the task.
+DEFER_MARGIN = 120
+
+
+@contextlib.contextmanager
+def one_line(log):
+    """An engine error (RuntimeError: HDFS, a Hadoop job) becomes a one-line error of its type; the
+    lines after the first (e.g. the failing task's stderr tail) are logged before, as ``  | ...``."""
+    try:
+        yield
+    except RuntimeError as err:
+        lines = str(err).splitlines() or [type(err).__name__]
+        for line in lines[1:]:
+            log.error("  | %s", line)
+        raise type(err)(lines[0]) from None
+
+
+class KMeansIterationOperator(EngineJobOperator):
     """One K-means iteration, i.e. one MapReduce job, for a batch of images.
 
     :param plan: the run's plan (the ``prepare`` task's output): work area, engine, params.
     :param batch: the image ids of this job.
     :param iteration: 1-based iteration number; reads ``clusters-(i-1)``, writes ``clusters-i``.
+    :param deferrable: with the Hadoop engine, wait for the job in the triggerer (EngineJobOperator).
 
     Returns ``{image id: figures}`` (sse, max_shift, reseeded, converged). With the Hadoop engine the
     task links to its YARN application.
     """
 
-    operator_extra_links = (YarnApplicationLink(),)
-    template_fields = ("plan", "batch")  # XCom arguments are resolved through template fields
     ui_color = "#c6e2ff"
 
-    def __init__(self, *, plan: dict, batch: list[str], iteration: int, **kwargs):
+    def __init__(self, *, iteration: int, **kwargs):
         super().__init__(**kwargs)
-        self.plan = plan
-        self.batch = batch
         self.iteration = iteration
 
-    def execute(self, context):
-        from kmeans_ops.engines import get_engine
+    def names(self) -> list[str]:
+        return [self.plan["images"].get(i, i) for i in self.batch]
+
+    def start(self, context, engine):
         from kmeans_ops.workarea import WorkArea
 
-        from kmeans_ops.run import batch_label
-
-        context["batch_label"] = batch_label([self.plan["images"].get(i, i) for i in self.batch])  # map_index_template
-        engine = get_engine(self.plan["engine"])
-        area = WorkArea(self.plan["work"])
         self.log.info("iteration %d: one %s job for %d image(s): %s", self.iteration, engine.name,
                       len(self.batch), ", ".join(self.batch))
-        try:
-            figures = engine.iterate(area, list(self.batch), self.iteration, float(self.plan["params"]["delta"]))
-        except RuntimeError as err:  # HDFS or the Hadoop job failed: one line, the task log tail below it
-            lines = str(err).splitlines() or [type(err).__name__]
-            for line in lines[1:]:
-                self.log.error("  | %s", line)
-            raise type(err)(lines[0]) from None
-        context["ti"].xcom_push(key=YARN_KEY, value=engine.last_job.get("tracking_url", ""))
+        job = engine.submit("iterate", area=WorkArea(self.plan["work"]), image_ids=list(self.batch),
+                            iteration=self.iteration, delta=float(self.plan["params"]["delta"]))
+        return job, {}
+
+    def finish(self, context, figures):
         for image_id, f in figures.items():
             self.log.info("%s: sse %.6g, largest shift %.4f, re-seeded %s, %s", image_id, f["sse"], f["max_shift"],
                           f["reseeded"] or "none", "converged" if f["converged"] else "moving")
         return figures
+
+
+class KMeansIngestOperator(EngineJobOperator):
+    """Ingest a batch of planned images (``{"path", "stem", "image_id"}``): colour table, points
+    and initial clusters files of each (a bad image is reported, the others go on).
+
+    With the Hadoop engine and one palette per image, the batch's images in HDFS are ingested by a
+    map-only job on the cluster straight into the run's work area in HDFS (kmeans_ops.placement;
+    deferrable as EngineJobOperator); the others are ingested in the task into the local work area
+    (``plan["work"]``), which ``upload`` stages, while the job runs. Returns one record per image,
+    in the batch's order (kmeans_ops.ingest.ingest_batch's).
+    """
+
+    ui_color = "#e8dcff"
+
+    def start(self, context, engine):
+        from kmeans_ops import placement
+        from kmeans_ops.ingest import ingest_batch
+        from kmeans_ops.params import Params
+        from kmeans_ops.workarea import WorkArea
+
+        remote = [i for i in self.batch if placement.ingested_on_cluster(engine, self.plan["params"], i)]
+        job = None
+        if remote:
+            area = engine.area_for(self.plan["key"])
+            self.log.info("ingest of %d image(s) in HDFS by a job on the cluster, into %s", len(remote), area.root)
+            job = engine.submit("ingest", images=remote, area=area, params=self.plan["params"])
+        local = [i for i in self.batch if i not in remote]
+        done = ingest_batch(local, WorkArea(self.plan["work"]), Params(**self.plan["params"]), self.log) if local else []
+        return job, {"done": done, "remote": [i["image_id"] for i in remote]}
+
+    def finish(self, context, result, done, remote):
+        from kmeans_ops import placement
+        from kmeans_ops.errors import shown
+
+        for r in result or []:  # the node's own lines are in the job's task logs
+            if not r["ok"]:
+                self.log.error("skipped %s", r["error"])
+                continue
+            for warning in r.get("warnings") or []:
+                self.log.warning("%s: %s", shown(r["path"]), warning)
+            self.log.info("ingested %s on the cluster: %d distinct colours, k=%s", shown(r["path"]),
+                          r["distinct_colours"], r["k"])
+        return placement.interleave(self.batch, set(remote), result or [], done)
+
+
+class KMeansReconstructOperator(EngineJobOperator):
+    """Reconstruct a batch of images (``{"image_id", "stem", "iterations", "converged"}``) in their
+    K colours, with their figures, into the run's staging folder.
+
+    With the Hadoop engine, an ``hdfs://`` output and images the cluster ingested, those images are
+    reconstructed by a map-only job on the cluster, which writes their outputs into the staging
+    folder in HDFS (kmeans_ops.placement; deferrable as EngineJobOperator); the others in the task
+    (their files fetched from the engine's work area), while the job runs. Returns one record per
+    image, in the batch's order (kmeans_ops.reconstruct.reconstruct_batch's).
+    """
+
+    ui_color = "#d4ecff"
+
+    def start(self, context, engine):
+        from kmeans_ops import placement
+        from kmeans_ops.publish import final_dir, staging_dir
+        from kmeans_ops.reconstruct import reconstruct_batch
+        from kmeans_ops.workarea import WorkArea
+
+        plan = self.plan
+        area, unit = WorkArea(plan["work"]), plan.get("palette_unit")
+        staging, final = staging_dir(plan["output"], plan["key"]), final_dir(plan["output"], plan["key"])
+        extra = {"params": plan["params"], "engine": plan["engine"], "run_id": plan["run_id"]}
+        if unit:
+            extra["palette"] = plan["palette"]
+        options = {"labels": plan["params"]["labels"], "dither": plan["params"]["dither"], "palette_unit": unit}
+        on_cluster = placement.reconstructed_on_cluster(engine, plan)
+        remote = [i for i in self.batch if i["image_id"] in on_cluster]
+        job = None
+        if remote:
+            self.log.info("reconstruction of %d image(s) by a job on the cluster, into %s", len(remote), staging)
+            job = engine.submit("reconstruct", images=remote, area=area, staging=staging, final=final, extra=extra,
+                                options=options)
+        local = [i for i in self.batch if i["image_id"] not in on_cluster]
+        if unit and local:  # the shared palette's files, once for the batch (the images' own stayed local)
+            engine.fetch(area, unit, plan["local_work"])
+        work = WorkArea(plan["local_work"])
+        done = reconstruct_batch(
+            local, (lambda image_id: work) if unit else (lambda image_id: engine.fetch(area, image_id, work.root)),
+            staging, final, extra, self.log, options) if local else []
+        return job, {"done": done, "remote": [i["image_id"] for i in remote]}
+
+    def finish(self, context, result, done, remote):
+        from kmeans_ops import placement
+        from kmeans_ops.errors import shown
+
+        for r in result or []:  # the node's own lines are in the job's task logs
+            if not r["ok"]:
+                self.log.error("reconstruction of %s failed: %s", shown(r["source"]), r["error"])
+                continue
+            psnr = "inf" if r.get("psnr") is None else f"{r['psnr']:.2f}"
+            self.log.info("reconstructed %s on the cluster: k=%s, PSNR %s dB, %.2f s -> %s", shown(r["stem"]),
+                          r.get("k"), psnr, r.get("seconds") or 0.0, shown(r["json"]))
+        return placement.interleave(self.batch, set(remote), result or [], done)
 
 
 #: XCom key of the exit decision, set by the iteration that exits.
