@@ -11,6 +11,16 @@ from airflow.sdk import BaseOperator
 from kmeans_plugin.links import YARN_KEY, ReportLink, YarnApplicationLink
 
 
+def log_bytes_read(log) -> None:
+    """How much HDFS data passed through this task's process (kmeans_ops.hdfs.BYTES_READ): with
+    images in HDFS and the cluster doing ingest and reconstruction, a few KB of results."""
+    import sys
+
+    hdfs = sys.modules.get("kmeans_ops.hdfs")
+    if hdfs is not None:
+        log.info("HDFS bytes read by this task: %d", hdfs.BYTES_READ[0])
+
+
 class EngineJobOperator(BaseOperator):
     """Base of the operators whose work is a job of a kmeans_ops engine, for a batch of images.
 
@@ -68,7 +78,10 @@ class EngineJobOperator(BaseOperator):
         with one_line(self.log):
             job, state = self.start(context, engine)
             result = None if job is None else self.follow(context, engine, job, state)
-        return self.finish(context, result, **state)
+        try:
+            return self.finish(context, result, **state)
+        finally:
+            log_bytes_read(self.log)
 
     def execute_complete(self, context, event: dict | None = None, job: dict | None = None, **state):
         """Resumed after the trigger's event (``{"final": ...}`` or ``{"error": ...}``)."""
@@ -84,7 +97,10 @@ class EngineJobOperator(BaseOperator):
                                      f"{job.get('tracking_url') or '-'}")
             job["final"] = event["final"]
             result = self.follow(context, engine, job, state)
-        return self.finish(context, result, **state)
+        try:
+            return self.finish(context, result, **state)
+        finally:
+            log_bytes_read(self.log)
 
     def follow(self, context, engine, job: dict, state: dict):
         """Wait for ``job`` (defer, or block in the task), run the engine's retry if it makes one,
@@ -467,4 +483,5 @@ class PublishOperator(BaseOperator):
         if not any(r["ok"] for r in results):
             raise AirflowFailException("no image could be reconstructed: " + "; ".join(f["error"] for f in failures))
         self.log.info("published %s", final)
+        log_bytes_read(self.log)
         return final
