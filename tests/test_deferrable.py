@@ -297,8 +297,12 @@ def test_job_killed_on_yarn_while_deferred_fails_the_task_then_the_run(server):
     for try_number, application in killed.items():
         app = request(f"http://127.0.0.1:8088/ws/v1/cluster/apps/{application}")["app"]
         assert app["state"] == "KILLED"
-        log = run.log(ITERATION, 0, try_number)
-        errors = [line for line in log.splitlines() if "Hadoop Streaming job failed" in line]
+        for _ in range(30):  # the resumed part of a try's log may reach the log server a little later
+            log = run.log(ITERATION, 0, try_number)
+            errors = [line for line in log.splitlines() if "Hadoop Streaming job failed" in line]
+            if errors:
+                break
+            time.sleep(2)
         assert errors, log[-3000:]
         message = json.loads(errors[-1]).get("error_detail", [{}])[0].get("exc_value", "") or errors[-1]
         assert application in message and "KILLED" in message and "\n" not in message, message
