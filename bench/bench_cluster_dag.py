@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bench_scheduler import busy_seconds, free_port, request, stamp  # noqa: E402
+from bench_scheduler import busy_seconds, request, stamp, standalone  # noqa: E402
 
 DAG = "kmeans_image_clustering"
 READ_LINE = re.compile(r"HDFS bytes read by this task: (\d+)")
@@ -71,31 +70,10 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s; K={args.k}, at most {args.max_iterations} iterations")
 
     work = tempfile.mkdtemp(prefix="bench-cluster-dag-")
-    home, port = os.path.join(work, "airflow-home"), free_port()
-    api = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-           "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "true",
-           "AIRFLOW_VAR_KMEANS_ALLOWED_ROOTS": json.dumps([uri])}
-    log = open(os.path.join(work, "standalone.log"), "wb")
-    server = subprocess.Popen([os.path.join(ROOT, "bin", "airflow"), "standalone"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    server, api, token = standalone(work, {"AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "true",
+                                           "AIRFLOW_VAR_KMEANS_ALLOWED_ROOTS": json.dumps([uri])})
+    home = os.path.join(work, "airflow-home")
     try:
-        for _ in range(150):
-            try:
-                if request(f"{api}/api/v2/monitor/health")["scheduler"]["status"] == "healthy":
-                    break
-            except OSError:
-                pass
-            time.sleep(2)
-        password = json.load(open(os.path.join(home, "simple_auth_manager_passwords.json.generated")))["admin"]
-        token = request(f"{api}/auth/token", body={"username": "admin", "password": password})["access_token"]
-        for _ in range(60):
-            try:
-                request(f"{api}/api/v2/dags/{DAG}", token, {"is_paused": False}, "PATCH")
-                break
-            except OSError:
-                time.sleep(2)
         conf = {"input": [f"{uri}/in"], "engine": "hadoop", "k": args.k, "max_iterations": args.max_iterations,
                 "output": f"{uri}/out"}
         triggered = time.perf_counter()

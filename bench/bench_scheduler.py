@@ -59,6 +59,34 @@ def stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def standalone(work: str, extra_env: dict, dag: str = "kmeans_image_clustering"):
+    """`bin/airflow standalone` with its home in ``work`` (its own process group; stop it with
+    os.killpg), healthy, ``dag`` unpaused once parsed: (server, API base URL, admin token)."""
+    home, port = os.path.join(work, "airflow-home"), free_port()
+    api = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/", **extra_env}
+    log = open(os.path.join(work, "standalone.log"), "wb")
+    server = subprocess.Popen([os.path.join(ROOT, "bin", "airflow"), "standalone"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(150):
+        try:
+            if request(f"{api}/api/v2/monitor/health")["scheduler"]["status"] == "healthy":
+                break
+        except OSError:
+            pass
+        time.sleep(2)
+    password = json.load(open(os.path.join(home, "simple_auth_manager_passwords.json.generated")))["admin"]
+    token = request(f"{api}/auth/token", body={"username": "admin", "password": password})["access_token"]
+    for _ in range(60):  # the dag-processor parses the DAG file first
+        try:
+            request(f"{api}/api/v2/dags/{dag}", token, {"is_paused": False}, "PATCH")
+            break
+        except OSError:
+            time.sleep(2)
+    return server, api, token
+
+
 def main() -> None:
     from kmeans_ops.samples import write_samples
 
@@ -70,31 +98,9 @@ def main() -> None:
                     os.path.join(work, "cli"), "-q"], check=True)
     cli = time.perf_counter() - started
 
-    home, port = os.path.join(work, "airflow-home"), free_port()
-    api = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-           "AIRFLOW_VAR_KMEANS_ALLOWED_ROOTS": json.dumps([work])}
-    log = open(os.path.join(work, "standalone.log"), "wb")
-    server = subprocess.Popen([os.path.join(ROOT, "bin", "airflow"), "standalone"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    server, api, token = standalone(work, {"AIRFLOW_VAR_KMEANS_ALLOWED_ROOTS": json.dumps([work])})
     try:
-        for _ in range(150):
-            try:
-                if request(f"{api}/api/v2/monitor/health")["scheduler"]["status"] == "healthy":
-                    break
-            except OSError:
-                pass
-            time.sleep(2)
-        password = json.load(open(os.path.join(home, "simple_auth_manager_passwords.json.generated")))["admin"]
-        token = request(f"{api}/auth/token", body={"username": "admin", "password": password})["access_token"]
         dag = "kmeans_image_clustering"
-        for _ in range(60):  # the dag-processor parses the DAG file first
-            try:
-                request(f"{api}/api/v2/dags/{dag}", token, {"is_paused": False}, "PATCH")
-                break
-            except OSError:
-                time.sleep(2)
         conf = {"input": [photos], "k": K, "output": os.path.join(work, "dag")}
         triggered = time.perf_counter()
         run = request(f"{api}/api/v2/dags/{dag}/dagRuns", token, {"logical_date": None, "conf": conf})
