@@ -4,8 +4,9 @@
    measures it: (a run of 4 iterations - a run of 1) / 3, each CLI run a fresh process into an
    ``hdfs://`` output; with one client JVM kept for the run (the default) and with a client JVM per
    job (``KMEANS_HADOOP_KEEP_CLIENT=false``), in the same script.
-2. Bytes the submitting process read (``/proc/self/io`` rchar, files and sockets) for those 3
-   photos against the same command on one 8x8 image, as a share of the images' bytes.
+2. Bytes the submitting process read (files and sockets: bench/measure_reads.py) for those 3
+   photos against the same command on one 8x8 image (after a warm-up run), as a share of the
+   images' bytes.
 
 Usage: .venv/bin/python bench/bench_cluster.py [--repeat N]
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,25 +25,18 @@ sys.path.insert(0, ROOT)
 
 from kmeans_ops.hdfs import Hdfs  # noqa: E402
 from kmeans_ops.samples import write_samples  # noqa: E402
+from measure_reads import run_cli  # noqa: E402  (bench/, the script's folder)
 
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.png")
-RCHAR = ("import atexit, runpy, sys\n"
-         "atexit.register(lambda: print('RCHAR', dict(l.split(': ') for l in open('/proc/self/io').read()"
-         ".splitlines())['rchar'], file=sys.stderr))\n"
-         "sys.argv = ['kmeans_ops'] + sys.argv[1:]\n"
-         "runpy.run_module('kmeans_ops', run_name='__main__')\n")
-
-
 def cli(inputs: str, out: str, iterations: int, env: dict) -> tuple[float, int]:
-    """(wall seconds, rchar) of one CLI run in a fresh process."""
+    """(wall seconds, bytes read from files and sockets) of one CLI run in a fresh process."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RCHAR, "quantize", inputs, "-k", "16", "--engine", "hadoop",
-                           "--max-iter", str(iterations), "--delta", "0", "-q", "--out", out],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
+    status, err, read = run_cli("quantize", inputs, "-k", "16", "--engine", "hadoop", "--max-iter", iterations,
+                                "--delta", "0", "-q", "--out", out, env=env)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"the CLI failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds, int(done.stderr.rsplit("RCHAR ", 1)[1].split()[0])
+    if status != 0:
+        raise SystemExit(f"the CLI failed ({status}):\n{err[-3000:]}")
+    return seconds, read
 
 
 def main() -> None:
@@ -73,6 +66,7 @@ def main() -> None:
             rows[label] = (best[4] - best[1]) / 3
             print(f"{label:24s}: 1 iteration {best[1]:6.1f} s, 4 iterations {best[4]:6.1f} s "
                   f"-> {rows[label]:5.2f} s per iteration")
+        cli(f"{uri}/tiny", f"{uri}/out-warm-up", 2, {})  # a just-started cluster's first jobs read more
         _, many = cli(f"{uri}/in", f"{uri}/out-rchar", 2, {})
         _, tiny = cli(f"{uri}/tiny", f"{uri}/out-tiny", 2, {})
         extra = many - tiny

@@ -4,7 +4,6 @@ submitting process reads (almost) none of the images' bytes."""
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 
@@ -13,42 +12,19 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, photo_bgr, run_cli
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import measure_reads  # noqa: E402
 from test_hadoop import hadoop, hdfs  # noqa: F401 - the cluster fixture
 
 PHOTOS = ("coffee", "rocket", "chelsea")
 COMMON = ["-k", 6, "--seed", 3, "--max-iter", 3, "--delta", 0, "--labels"]
 
 
-#: Run in the measured process: counts what it reads from files (/proc/self/io rchar: read() and
-#: pread()) and from sockets (recv() and recv_into(), which rchar leaves out: WebHDFS, the
-#: ResourceManager), printed as it exits.
-_MEASURED = """
-import atexit, runpy, socket, sys
-received = [0]
-def counted(method):
-    def recv(self, *args, **kwargs):
-        got = method(self, *args, **kwargs)
-        received[0] += got if isinstance(got, int) else len(got)
-        return got
-    return recv
-socket.socket.recv = counted(socket.socket.recv)
-socket.socket.recv_into = counted(socket.socket.recv_into)
-def report():
-    rchar = int(dict(line.split(': ') for line in open('/proc/self/io').read().splitlines())['rchar'])
-    print('READ', rchar + received[0], file=sys.stderr)
-atexit.register(report)
-sys.argv = ['kmeans_ops'] + sys.argv[1:]
-runpy.run_module('kmeans_ops', run_name='__main__')
-"""
-
-
 def _measured_run(*argv, env=None) -> tuple[int, str, int]:
     """The CLI in a process of its own; (status, stderr, bytes the process read from files and
-    sockets, measured as it exits)."""
-    done = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, argv)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=900)
-    read = int(done.stderr.rsplit("READ ", 1)[1].split()[0])
-    return done.returncode, done.stderr, read
+    sockets, measured as it exits: bench/measure_reads.py)."""
+    return measure_reads.run_cli(*argv, env=env)
 
 
 def _tiny_run(landed, name: str) -> tuple[int, str, int]:
