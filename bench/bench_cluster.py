@@ -28,8 +28,8 @@ from kmeans_ops.samples import write_samples  # noqa: E402
 from measure_reads import run_cli  # noqa: E402  (bench/, the script's folder)
 
 PHOTOS = ("astronaut.png", "coffee.png", "rocket.png")
-def cli(inputs: str, out: str, iterations: int, env: dict) -> tuple[float, int]:
-    """(wall seconds, bytes read from files and sockets) of one CLI run in a fresh process."""
+def cli(inputs: str, out: str, iterations: int, env: dict):
+    """(wall seconds, what it read: measure_reads.Reads) of one CLI run in a fresh process."""
     start = time.perf_counter()
     status, err, read = run_cli("quantize", inputs, "-k", "16", "--engine", "hadoop", "--max-iter", iterations,
                                 "--delta", "0", "-q", "--out", out, env=env)
@@ -69,9 +69,10 @@ def main() -> None:
         cli(f"{uri}/tiny", f"{uri}/out-warm-up", 2, {})  # a just-started cluster's first jobs read more
         _, many = cli(f"{uri}/in", f"{uri}/out-rchar", 2, {})
         _, tiny = cli(f"{uri}/tiny", f"{uri}/out-tiny", 2, {})
-        extra = many - tiny
-        print(f"submitter read {extra / 1e3:.1f} KB more for the photos than for one 8x8 image: "
-              f"{100 * extra / image_bytes:.1f}% of the images' bytes")
+        extra = many.data - tiny.data
+        print(f"submitter read {extra / 1e3:.1f} KB more from files and HDFS for the photos than for one 8x8 "
+              f"image: {100 * extra / image_bytes:.1f}% of the images' bytes (ResourceManager reports polled: "
+              f"{many.control / 1e3:.0f} KB and {tiny.control / 1e3:.0f} KB)")
     finally:
         hdfs.delete(base)
 
