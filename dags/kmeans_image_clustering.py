@@ -154,7 +154,7 @@ def kmeans_image_clustering():
         if not good:
             raise AirflowFailException(f"all {len(ingested)} image(s) failed: " + "; ".join(f["error"] for f in failures))
         good_ids = [r["image_id"] for r in good]
-        params = Params(**run["params"])
+        params = Params.from_json(run["params"])
         try:  # a shared palette: the union of the images' tables (or the palette file) as one unit
             unit = palette.prepare(WorkArea(run["work"]), good_ids, params)
         except InputError as err:

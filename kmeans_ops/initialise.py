@@ -26,22 +26,31 @@ def kmeans_plusplus(table: ColourTable, k: int, seed: int) -> np.ndarray:
 
 
 def greedy_kmeans_plusplus(x: np.ndarray, k: int, weights: np.ndarray, random_state: np.random.RandomState,
-                           trials: int | None = None) -> np.ndarray:
+                           trials: int | None = None, given: np.ndarray | None = None) -> np.ndarray:
     """(k, 3) centres chosen among the rows of ``x`` (n, d): the first one at random with
     probability proportional to its weight, each next one the best of ``trials`` (default
     2 + ln k) candidates drawn with probability proportional to weight x squared distance to the
     nearest centre so far, the best being the one that leaves the smallest weighted potential
-    (Arthur and Vassilvitskii 2007, greedy as in scikit-learn's ``_kmeans_plusplus``)."""
+    (Arthur and Vassilvitskii 2007, greedy as in scikit-learn's ``_kmeans_plusplus``).
+
+    ``given``: centres there already (pinned colours), the first rows of the result; the others
+    are drawn as the next centres after them."""
     n = len(x)
     if trials is None:
         trials = 2 + int(np.log(k))
     norms = np.einsum("ij,ij->i", x, x)
     centres = np.empty((k, x.shape[1]))
-    first = random_state.choice(n, p=weights / weights.sum())
-    centres[0] = x[first]
-    closest = _squared_distances(x[[first]], x, norms)[0]
+    if given is None or not len(given):
+        first = random_state.choice(n, p=weights / weights.sum())
+        centres[0] = x[first]
+        closest = _squared_distances(x[[first]], x, norms)[0]
+        start = 1
+    else:
+        centres[: len(given)] = given
+        closest = _squared_distances(np.asarray(given, np.float64), x, norms).min(axis=0)
+        start = len(given)
     potential = closest @ weights
-    for c in range(1, k):
+    for c in range(start, k):
         draws = random_state.uniform(size=trials) * potential
         candidates = np.searchsorted(np.cumsum(weights * closest, dtype=np.float64), draws)
         np.clip(candidates, None, n - 1, out=candidates)  # rounding can draw past the last one
@@ -80,14 +89,17 @@ def centroids_file(path: str, k: int) -> np.ndarray:
     return centroids
 
 
-def initial_centroids(table: ColourTable, k: int, init: str, seed: int) -> np.ndarray:
+def initial_centroids(table: ColourTable, k: int, init: str, seed: int, pinned=()) -> np.ndarray:
     """(K, 3) initial centroids in B, G, R.
 
     ``init`` is "kmeans++", "random" or the path of a clusters file (seed format; its K wins, and a
     different ``k`` raises InputError). When the image has at most ``k`` distinct colours, they are
     all the centroids (the exact answer) whatever ``init`` says, unless ``init`` is a file.
     ``table`` is an image's table, or the union of a run's tables for a shared palette.
+    ``pinned``: colours (B, G, R) that are the first centroids (:func:`with_pinned`).
     """
+    if len(pinned):
+        return with_pinned(table, k, init, seed, np.asarray(pinned, np.float64).reshape(-1, 3))
     if init not in ("kmeans++", "random"):
         return centroids_file(init, k)
     k = effective_k(k, table)
@@ -96,6 +108,24 @@ def initial_centroids(table: ColourTable, k: int, init: str, seed: int) -> np.nd
     if init == "kmeans++":
         return kmeans_plusplus(table, k, seed)
     return random_uniform(table, k, seed)
+
+
+def with_pinned(table: ColourTable, k: int, init: str, seed: int, pinned: np.ndarray) -> np.ndarray:
+    """(K, 3) initial centroids whose first rows are the ``pinned`` colours and the others free:
+    the image's colours that are not pinned when there are at most k - n of them (then K may be
+    below k), else k - n drawn by k-means++ after the pinned ones (its potential counts them as
+    centres already), or by the seed's random rule."""
+    from .colours import bgr_to_codes
+
+    free = ~np.isin(table.codes, bgr_to_codes(pinned.astype(np.uint32)))
+    if free.sum() <= k - len(pinned):
+        return np.vstack([pinned, table.bgr()[free]])
+    if init == "kmeans++":
+        rest = greedy_kmeans_plusplus(table.bgr(), k, table.counts.astype(np.float64), np.random.RandomState(seed),
+                                      given=pinned)[len(pinned):]
+    else:
+        rest = random_uniform(table, k - len(pinned), seed)
+    return np.vstack([pinned, rest])
 
 
 def check_cost(table: ColourTable, k: int, source: str) -> None:
