@@ -240,3 +240,25 @@ def test_skip_if_larger_writes_no_output_bigger_than_its_input(tmp_path):
     # the input's earlier output of a run without the option is removed, not left beside the JSON
     assert run_cli("quantize", jpeg, "-k", "64", "--out", plain, "--skip-if-larger", "-q")[0] == 0
     assert not (plain / "coffee.png").exists() and _figures(plain, "coffee")["skipped"] == "larger"
+
+
+# ---------------------------------------------------------------------------------- the report
+def test_report_shows_chosen_k_its_chart_and_sizes(small_photos, tmp_path):
+    from kmeans_ops.report import render_report
+
+    out = tmp_path / "out"
+    status, err = run_cli("quantize", small_photos / "coffee.png", "-k", "auto", "--quality", "28-32",
+                          "--max-k", "40", "--out", out, "-q")
+    assert status == 0, err
+    auto = _figures(out, "coffee")
+    skipped = {**auto, "source": "/x/big.png", "output": None, "skipped": "larger", "output_bytes": None,
+               "output_bytes_would_be": 5000, "source_bytes": 4096, "size_ratio": None, "quality": None,
+               "k_requested": 8}
+    page = render_report([auto, skipped], [], {"run_id": "r"}, str(out))
+    assert f"Quality search: {auto['k']} colours, the fewest of {len(auto['quality']['candidates'])} K tried" in page
+    assert "PSNR of each K the search tried" in page and "target 32 dB" in page
+    assert page.count("Quality search:") == 1  # the image of a fixed K has no search chart
+    for c in auto["quality"]["candidates"]:  # every candidate is a point of the chart, with its tooltip
+        assert f"K {c['k']}: {c['psnr']:.2f} dB" in page
+    assert f"({auto['size_ratio']:.0%})" in page and "(auto)" in page
+    assert "skipped: 4.9 kB &gt; input 4.0 kB" in page
