@@ -281,7 +281,8 @@ class KMeansReconstructOperator(EngineJobOperator):
         extra = {"params": plan["params"], "engine": plan["engine"], "run_id": plan["run_id"]}
         if unit:
             extra["palette"] = plan["palette"]
-        options = {"labels": plan["params"]["labels"], "dither": plan["params"]["dither"], "palette_unit": unit}
+        options = {"labels": plan["params"]["labels"], "dither": plan["params"]["dither"], "palette_unit": unit,
+                   "skip_if_larger": plan["params"].get("skip_if_larger", False)}
         on_cluster = placement.reconstructed_on_cluster(engine, plan)
         remote = [i for i in self.batch if i["image_id"] in on_cluster]
         job = None
