@@ -107,10 +107,14 @@ class EmbeddedEngine(Engine):
             self._bounds.pop(key, None)
 
     def _pinned(self, area: WorkArea, image_id: str) -> int:
-        """How many of the image's first centroids are pinned colours (``pinned`` of its image.json)."""
+        """How many of the image's first centroids are pinned colours (``pinned`` of its image.json;
+        none for a unit written without one: points and clusters are all this engine needs)."""
         from ..storage import read_json
 
-        key = self._key(area.meta(image_id))
+        try:
+            key = self._key(area.meta(image_id))
+        except FileNotFoundError:
+            return 0
         if key not in self._pins:
             self._pins[key] = int(read_json(area.meta(image_id)).get("pinned") or 0)
         return self._pins[key]
