@@ -12,7 +12,8 @@ labels everywhere else (kmeans_ops.mapreduce.nearest_two, BLAS's ||c||^2 - 2 x.c
 on a tie) can differ from that form in the last bits, so a colour whose two nearest squared
 distances are within ``tie`` of each other is not decided here: its index is returned and the
 caller runs it through nearest_two. Everywhere else both forms certainly agree (their rounding
-errors are about 1e-10, ``tie`` is 1e-6). Sums move by exact integers (weights x colours).
+errors are about 1e-10, ``tie`` is 1e-6). Sums move by exact integers (weights x colours). Labels
+are int16 and gaps float32, rounded down when stored (kmeans_ops.hamerly.LABEL, GAP).
 
 Compiled on first use and cached beside the module (``cache=True``).
 """
@@ -24,6 +25,15 @@ from numba import njit, prange
 
 #: Colours per parallel chunk: each chunk keeps its own sums, added up at the end (exact).
 CHUNK = 8192
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _down(x):  # pragma: no cover
+    """``x`` as float32, rounded down (the gaps are stored in float32: a smaller gap is still a bound)."""
+    stored = np.float32(x)
+    if stored > x:
+        stored = np.nextafter(stored, np.float32(-np.inf))
+    return stored
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -69,8 +79,8 @@ def _start(lo, hi, centred_t, c, weighted_t, weights, weighted_sq, labels, upper
         labels[i] = label
         runner_up[i] = runner
         upper[i] = np.sqrt(best)
-        gap[i] = np.sqrt(third) - upper[i]
-        gap_runner_up[i] = np.sqrt(second) - upper[i]
+        gap[i] = _down(np.sqrt(third) - upper[i])
+        gap_runner_up[i] = _down(np.sqrt(second) - upper[i])
         for channel in range(3):
             sums[label, channel] += weighted_t[channel, i]
         cluster_weights[label] += weights[i]
@@ -96,9 +106,9 @@ def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weigh
         near = max(gap_runner_up[i] + upper[i] - drift[b], apart) if b >= 0 else np.inf
         if own + margin < min(rest, near):
             upper[i] = own - drift[a]
-            gap[i] = rest + lower_drift[a] - upper[i]
+            gap[i] = _down(rest + lower_drift[a] - upper[i])
             if b >= 0:
-                gap_runner_up[i] = near + drift[b] - upper[i]
+                gap_runner_up[i] = _down(near + drift[b] - upper[i])
             tightened += 1
             continue
         best, second, third, label, runner = _three(x0, x1, x2, c)
@@ -112,9 +122,9 @@ def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weigh
             labels[i] = label
         runner_up[i] = runner
         upper[i] = np.sqrt(best) - drift[label]
-        gap[i] = np.sqrt(third) + lower_drift[label] - upper[i]
+        gap[i] = _down(np.sqrt(third) + lower_drift[label] - upper[i])
         if runner >= 0:
-            gap_runner_up[i] = np.sqrt(second) + drift[runner] - upper[i]
+            gap_runner_up[i] = _down(np.sqrt(second) + drift[runner] - upper[i])
     return tightened, recomputed, n_ties
 
 

@@ -555,7 +555,8 @@ def check_schemes(args) -> None:
     for item in args.inputs:
         check_scheme("INPUT", item)
     if args.engine != "hadoop" and is_hdfs(args.out):
-        raise P.ParamError(f"--out: {shown(args.out)}: an hdfs:// output needs --engine hadoop")
+        raise P.ParamError(f"--out: {shown(args.out)} is not supported with --engine {args.engine}: "
+                           "an hdfs:// output needs --engine hadoop")
     check_scheme("--out", args.out, supported=(None, "hdfs") if args.engine == "hadoop" else (None,))
     if args.work:
         check_scheme("--work", args.work, supported=(None,))

@@ -103,6 +103,17 @@ MAX_CANDIDATES = 0.25
 #: The compiled loops leave to nearest_two the colours whose two nearest squared distances are
 #: closer than this (see kmeans_ops._hamerly_jit).
 TIE = 1e-6
+#: Stored per colour and read by every iteration's pass over the table, so kept small: labels and
+#: runner-ups as int16 (K <= 4096), gaps as float32 rounded down (a smaller lower bound is still a
+#: bound). 12 bytes per colour instead of 32: the pass is bound by memory, not by arithmetic.
+LABEL = np.int16
+GAP = np.float32
+
+
+def rounded_down(values: np.ndarray) -> np.ndarray:
+    """``values`` as GAP, each at most the float64 value it stands for."""
+    stored = np.asarray(values).astype(GAP)
+    return np.where(stored > values, np.nextafter(stored, GAP(-np.inf)), stored)
 
 
 @dataclass
@@ -168,8 +179,8 @@ def start(data: Block, centroids: np.ndarray, compiled: bool | None = None, kern
     if compiled:
         loops = kernels or _kernels()
         n = len(data)
-        labels, upper, gap, ties = np.zeros(n, np.intp), np.empty(n), np.empty(n), np.empty(n, np.intp)
-        runner_up, gap_runner_up = np.full(n, -1, np.intp), np.empty(n)
+        labels, upper, gap, ties = np.zeros(n, LABEL), np.empty(n), np.empty(n, GAP), np.empty(n, np.intp)
+        runner_up, gap_runner_up = np.full(n, -1, LABEL), np.empty(n, GAP)
         sums, weights, square_sums = np.zeros((k, 3)), np.zeros(k), np.zeros(k)
         n_ties = loops.start(data.centred_t, centroids - data.origin, data.weighted_t, data.weights, data.weighted_sq,
                             labels, upper, gap, runner_up, gap_runner_up, sums, weights, square_sums, ties, TIE)
@@ -189,8 +200,8 @@ def start(data: Block, centroids: np.ndarray, compiled: bool | None = None, kern
         del best, runner_up
         sums, weights, square_sums = _cluster_sums(data, labels, slice(None), k)
         lower -= upper
-        state = Bounds(centroids, labels, upper, lower, np.zeros(k), np.zeros(k), sums, weights, square_sums,
-                       recomputed=len(labels))
+        state = Bounds(centroids, labels.astype(LABEL), upper, rounded_down(lower), np.zeros(k), np.zeros(k), sums,
+                       weights, square_sums, recomputed=len(labels))
     return state, partials(data, centroids, state.labels, state.sums.copy(), state.weights.copy(),
                            state.square_sums.copy())
 
@@ -234,7 +245,7 @@ def step(data: Block, state: Bounds, centroids: np.ndarray, compiled: bool | Non
     if compiled:
         loops = kernels or _kernels()
         if state.runner_up is None:  # bounds made by NumPy: no runner-up bound yet
-            state.runner_up, state.gap_runner_up = np.full(len(state), -1, np.intp), np.empty(len(state))
+            state.runner_up, state.gap_runner_up = np.full(len(state), -1, LABEL), np.empty(len(state), GAP)
         state.candidates = None  # the loops change bounds outside the candidates of a NumPy screen
         ties = np.empty(len(state), np.intp)
         state.tightened, state.recomputed, n_ties = loops.step(
@@ -253,8 +264,8 @@ def _step_numpy(data: Block, state: Bounds, centroids: np.ndarray, threshold: np
     """step() with whole-array operations over the candidates of the last screen."""
     if state.runner_up is not None:  # bounds from the compiled loops: one lower bound for all others
         near = np.flatnonzero(state.runner_up >= 0)
-        state.gap[near] = np.minimum(state.gap[near], state.gap_runner_up[near] - state.drift[state.runner_up[near]]
-                                     + state.lower_drift[state.labels[near]])
+        state.gap[near] = np.minimum(state.gap[near], rounded_down(
+            state.gap_runner_up[near] - state.drift[state.runner_up[near]] + state.lower_drift[state.labels[near]]))
         state.runner_up = state.gap_runner_up = state.candidates = None
     if (state.candidates is None or (threshold > state.limit).any()
             or len(state.candidates) > MAX_CANDIDATES * len(state)):
@@ -274,7 +285,7 @@ def _step_numpy(data: Block, state: Bounds, centroids: np.ndarray, threshold: np
         tight = own + MARGIN < lower
         upper = own - state.drift[label]
         state.upper[fail] = upper
-        state.gap[fail] = lower + state.lower_drift[label] - upper
+        state.gap[fail] = rounded_down(lower + state.lower_drift[label] - upper)
         state.tightened = int(tight.sum())
         todo = fail[~tight]
         if todo.size:
@@ -301,5 +312,5 @@ def _recompute(data: Block, state: Bounds, centroids: np.ndarray, todo: np.ndarr
     if state.runner_up is not None:  # one lower bound for all the other centroids
         state.runner_up[todo] = -1
     state.upper[todo] = upper
-    state.gap[todo] = lower + state.lower_drift[labels] - upper
+    state.gap[todo] = rounded_down(lower + state.lower_drift[labels] - upper)
     state.recomputed += len(todo)

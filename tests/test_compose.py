@@ -4,17 +4,15 @@
 No Docker engine is needed. When a compose CLI is installed (`docker compose` or `docker-compose`),
 `config -q` must accept the file, and the CLI's reading of deploy/hadoop.env must be ours.
 
-The dev cluster's configuration comes from bin/hadoop-dev itself, unmodified: its `write_conf`
-function is run into a temporary directory with the script's default knobs (the script has no
-"write the config only" command, so the test sources it, which defines its functions; `status` is
-the argument because it only reads). If that fails, the XML files of an existing
-.hadoop-dev/conf (left by `bin/hadoop-dev up`) are used; if there are none either, that one
-comparison is skipped and says why.
+The dev cluster's configuration comes from bin/hadoop-dev itself (a Python program, imported as a
+module): its `write_conf` writes the XML files into a temporary directory with the script's default
+knobs, and the test reads them back.
 """
 
 from __future__ import annotations
 
 import getpass
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -42,7 +40,7 @@ HADOOP_COMMANDS = {"namenode": ["hdfs", "namenode"], "datanode": ["hdfs", "datan
                    "historyserver": ["mapred", "historyserver"]}
 #: the XML files bin/hadoop-dev writes (log4j.properties aside)
 XML_FILES = ("core-site", "hdfs-site", "yarn-site", "mapred-site", "capacity-scheduler")
-#: the dev cluster's host (bin/hadoop-dev: HOST=127.0.0.1)
+#: the dev cluster's host (bin/hadoop-dev: HOST = "127.0.0.1")
 DEV_HOSTS = ("127.0.0.1", "localhost")
 BIND_ALL = "0.0.0.0"
 
@@ -174,30 +172,20 @@ def normalise_proxyuser(props: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def dev_cluster_conf(tmp: str) -> tuple[dict[str, dict[str, str]], str, str]:
-    """(conf, dev dir, where it came from): bin/hadoop-dev's write_conf run into ``tmp``, else an
-    existing .hadoop-dev/conf; pytest.skip when neither is available."""
-    problems = []
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HADOOP_DEV_NM_MEMORY_MB", "HADOOP_DEV_NM_VCORES")}  # the script's defaults
-    env.update(HADOOP_DEV_DIR=tmp, JAVA_HOME=env.get("JAVA_HOME") or "/nonexistent-java-home")
-    if shutil.which("bash") and os.path.exists(DEV_SCRIPT):
-        done = subprocess.run(
-            ["bash", "-c", 'source "$1" status >/dev/null 2>&1 || true; write_conf', "_", DEV_SCRIPT],
-            env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        conf = read_xml_dir(os.path.join(tmp, "conf"))
-        if done.returncode == 0 and set(conf) == set(XML_FILES):
-            return conf, tmp, f"bin/hadoop-dev write_conf (into {tmp})"
-        problems.append(f"running bin/hadoop-dev's write_conf failed (exit {done.returncode}): "
-                        f"{(done.stderr or '').strip()[-500:]}")
-    else:
-        problems.append("bash or bin/hadoop-dev missing")
-    dev = os.environ.get("HADOOP_DEV_DIR") or os.path.join(ROOT, ".hadoop-dev")
-    conf = read_xml_dir(os.path.join(dev, "conf"))
-    if set(conf) == set(XML_FILES):
-        return conf, dev, f"{dev}/conf (left by bin/hadoop-dev up)"
-    problems.append(f"no complete {dev}/conf (run `bin/hadoop-dev up` once)")
-    pytest.skip("cannot get the dev cluster's configuration to compare with: " + "; ".join(problems))
+def load_hadoop_dev():
+    """bin/hadoop-dev as a module (a script without .py: its loader has to be named)."""
+    loader = importlib.machinery.SourceFileLoader("hadoop_dev", DEV_SCRIPT)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("hadoop_dev", loader))
+    loader.exec_module(module)
+    return module
+
+
+def dev_cluster_conf(tmp: str) -> dict[str, dict[str, str]]:
+    """The XML files bin/hadoop-dev's write_conf writes into the dev dir ``tmp``, with the default
+    knobs (the environment's HADOOP_DEV_* do not count), read back."""
+    hadoop_dev = load_hadoop_dev()
+    hadoop_dev.write_conf(hadoop_dev.Dev({"HADOOP_DEV_DIR": tmp}), java_home="/nonexistent-java-home")
+    return read_xml_dir(os.path.join(tmp, "conf"))
 
 
 def compose_cli() -> list[str] | None:
@@ -365,8 +353,8 @@ def test_renderer_writes_what_the_hadoop_image_writes(tmp_path, env_pairs, env_c
 
 
 def test_hadoop_settings_match_the_dev_cluster(compose, env_conf, tmp_path):
-    dev_conf, dev_dir, source = dev_cluster_conf(str(tmp_path / "hadoop-dev"))
-    print(f"dev cluster configuration from {source}")
+    dev_dir = str(tmp_path / "hadoop-dev")
+    dev_conf = dev_cluster_conf(dev_dir)
     assert set(env_conf) == set(dev_conf) == set(XML_FILES)
     dev_user = getpass.getuser()
 
