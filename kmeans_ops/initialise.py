@@ -35,32 +35,41 @@ def greedy_kmeans_plusplus(x: np.ndarray, k: int, weights: np.ndarray, random_st
 
     ``given``: centres there already (pinned colours), the first rows of the result; the others
     are drawn as the next centres after them."""
-    n = len(x)
-    if trials is None:
-        trials = 2 + int(np.log(k))
-    norms = np.einsum("ij,ij->i", x, x)
-    centres = np.empty((k, x.shape[1]))
-    if given is None or not len(given):
-        first = random_state.choice(n, p=weights / weights.sum())
-        centres[0] = x[first]
-        closest = _squared_distances(x[[first]], x, norms)[0]
-        start = 1
-    else:
-        centres[: len(given)] = given
-        closest = _squared_distances(np.asarray(given, np.float64), x, norms).min(axis=0)
-        start = len(given)
-    potential = closest @ weights
-    for c in range(start, k):
-        draws = random_state.uniform(size=trials) * potential
-        candidates = np.searchsorted(np.cumsum(weights * closest, dtype=np.float64), draws)
-        np.clip(candidates, None, n - 1, out=candidates)  # rounding can draw past the last one
-        to_candidates = _squared_distances(x[candidates], x, norms)
-        np.minimum(closest, to_candidates, out=to_candidates)
-        potentials = to_candidates @ weights
-        best = int(np.argmin(potentials))
-        potential, closest = potentials[best], to_candidates[best]
-        centres[c] = x[candidates[best]]
-    return centres
+    return PlusPlus(x, weights, random_state, 2 + int(np.log(k)) if trials is None else trials, given).take(k)
+
+
+class PlusPlus:
+    """The draws of :func:`greedy_kmeans_plusplus`, extended on demand: ``take(k)`` is its result
+    for ``k`` centres with the same ``trials``, and the first k' < k rows of ``take(k)`` are
+    ``take(k')``, so the centres of every K with the same number of trials come from one sequence
+    of draws (each centre depends only on the ones before it and the random state)."""
+
+    def __init__(self, x: np.ndarray, weights: np.ndarray, random_state: np.random.RandomState, trials: int,
+                 given: np.ndarray | None = None):
+        self.x, self.weights, self.random_state, self.trials = x, weights, random_state, trials
+        self.norms = np.einsum("ij,ij->i", x, x)
+        if given is None or not len(given):
+            first = random_state.choice(len(x), p=weights / weights.sum())
+            self.centres = [x[first].astype(np.float64)]
+            self.closest = _squared_distances(x[[first]], x, self.norms)[0]
+        else:
+            self.centres = [row for row in np.asarray(given, np.float64)]
+            self.closest = _squared_distances(np.asarray(given, np.float64), x, self.norms).min(axis=0)
+        self.potential = self.closest @ weights
+
+    def take(self, k: int) -> np.ndarray:
+        x, weights, n = self.x, self.weights, len(self.x)
+        while len(self.centres) < k:
+            draws = self.random_state.uniform(size=self.trials) * self.potential
+            candidates = np.searchsorted(np.cumsum(weights * self.closest, dtype=np.float64), draws)
+            np.clip(candidates, None, n - 1, out=candidates)  # rounding can draw past the last one
+            to_candidates = _squared_distances(x[candidates], x, self.norms)
+            np.minimum(self.closest, to_candidates, out=to_candidates)
+            potentials = to_candidates @ weights
+            best = int(np.argmin(potentials))
+            self.potential, self.closest = potentials[best], to_candidates[best]
+            self.centres.append(x[candidates[best]].astype(np.float64))
+        return np.array(self.centres[:k], dtype=np.float64).reshape(k, x.shape[1])
 
 
 def _squared_distances(y: np.ndarray, x: np.ndarray, x_norms: np.ndarray) -> np.ndarray:
@@ -138,3 +147,36 @@ def check_cost(table: ColourTable, k: int, source: str) -> None:
     if k * len(table) > cap:
         raise InputError(source, f"k={k} x {len(table)} distinct colours = {k * len(table):.3g} exceeds the cap of "
                                  f"{cap:.3g} (environment variable KMEANS_MAX_K_COLOURS); lower k or raise the cap")
+
+
+class Starts:
+    """``starts(k)`` = ``initial_centroids(table, k, init, seed, pinned)`` for many K of one table
+    (the quality search's candidates), cheaper: with k-means++ the K of the same number of trials
+    (2 + ln K: 8-20, 21-54, 55-148, ...) share one :class:`PlusPlus` sequence of draws, so a K
+    costs only the centres its sequence does not hold yet. The results are those of
+    :func:`initial_centroids`, row for row (tests/test_quality.py)."""
+
+    def __init__(self, table: ColourTable, init: str, seed: int, pinned=()):
+        self.table, self.init, self.seed = table, init, seed
+        self.pinned = np.asarray(pinned, np.float64).reshape(-1, 3)
+        self._sequences: dict[int, PlusPlus] = {}
+
+    def __call__(self, k: int) -> np.ndarray:
+        table, pinned = self.table, self.pinned
+        if self.init != "kmeans++":
+            return initial_centroids(table, k, self.init, self.seed, pinned)
+        if len(pinned):
+            from .colours import bgr_to_codes
+
+            free = ~np.isin(table.codes, bgr_to_codes(pinned.astype(np.uint32)))
+            if free.sum() <= k - len(pinned):  # with_pinned's exact case
+                return initial_centroids(table, k, self.init, self.seed, pinned)
+        else:
+            k = effective_k(k, table)
+            if k == len(table):
+                return table.bgr()
+        trials = 2 + int(np.log(k))
+        if trials not in self._sequences:
+            self._sequences[trials] = PlusPlus(table.bgr(), table.counts.astype(np.float64),
+                                               np.random.RandomState(self.seed), trials, pinned if len(pinned) else None)
+        return self._sequences[trials].take(k)

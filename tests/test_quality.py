@@ -36,25 +36,61 @@ def _figures(folder, stem):
 
 
 # ------------------------------------------------------------------------------------ the search
-def test_next_k_doubles_then_bisects_to_neighbours():
-    curve = {k: 10 + k for k in range(2, 257)}  # reaches 33 at K=23
-    tried = {}
-    while (k := search.next_k(tried, 2, 256, 33)) is not None:
-        assert k not in tried
-        tried[k] = curve[k]
-    assert list(tried)[:5] == [2, 4, 8, 16, 32]
+def _walk(final_curve, probe_curve, lowest, highest, target):
+    """Run next_steps against given curves: {K: (PSNR, final)} as the search would see it."""
+    tried, steps, candidates = {}, [], []
+    while todo := search.next_steps(tried, lowest, highest, target, search.gain(candidates)):
+        for k, step in todo:
+            assert (step == "probe") == (k not in tried) and not (k in tried and tried[k][1])
+            tried[k] = (probe_curve[k], False) if step == "probe" else (final_curve[k], True)
+            if step == "finish":
+                candidates.append({"psnr": final_curve[k], "probe_psnr": probe_curve[k], "finished": True})
+            steps.append((k, step))
+    return tried, steps
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.3, 2.0])
+def test_next_steps_search_on_probes_then_finish_the_neighbours(gap):
+    import math
+
+    final = {k: 20 + 3 * math.log2(k) for k in range(2, 257)}  # reaches 33 dB at K=21
+    probe = {k: final[k] - gap for k in final}  # probes below the finished candidates
+    tried, steps = _walk(final, probe, 2, 256, 33)
+    assert [k for k, _ in steps[:3]] == [2, 4, 8]
+    assert search.choose(tried, (20, 33)) == 21
+    assert tried[21] == (final[21], True) and tried[20] == (final[20], True)  # both finished
+    assert len(steps) <= (11 if gap < 1 else 14) and sum(step == "finish" for _, step in steps) <= 3 + (gap > 1)
+
+
+def test_next_steps_go_on_when_a_finished_candidate_changes_sides():
+    final = {k: 10 + k for k in range(2, 257)}  # finals reach 33 at K=23
+    probe = {k: final[k] - 4.2 for k in final}  # probes far below: reach 33 at K=28
+    tried, steps = _walk(final, probe, 2, 256, 33)
     assert search.choose(tried, (20, 33)) == 23
-    assert 22 in tried and 23 in tried and len(tried) <= 2 * 8
+    assert tried[23][1] and tried[22][1] and tried[22][0] < 33 <= tried[23][0]
+    bumpy = {k: v + (1.5 if k == 30 else 0) for k, v in probe.items()}  # a probe above its neighbours
+    tried, steps = _walk(final, bumpy, 2, 256, 33)
+    assert search.choose(tried, (20, 33)) == 23
 
 
-def test_next_k_stops_at_highest_and_choose_takes_the_minimum_or_refuses():
-    tried = {}
-    while (k := search.next_k(tried, 2, 100, 50)) is not None:
-        tried[k] = 20 + k / 10
-    assert max(tried) == 100 and list(tried)[-1] == 100
+def test_next_steps_stop_at_highest_and_choose_takes_the_minimum_or_refuses():
+    curve = {k: 20 + k / 10 for k in range(2, 101)}
+    tried, steps = _walk(curve, curve, 2, 100, 50)
+    assert max(tried) == 100 and steps[-1] == (100, "finish") and tried[100][1]
     assert search.choose(tried, (29, 50)) == 100  # below MAX, above MIN: the most colours
     assert search.choose(tried, (31, 50)) is None
-    assert search.choose({2: None}, (28, 32)) == 2  # an exact output (PSNR infinite) reaches anything
+    assert search.choose({2: (None, True)}, (28, 32)) == 2  # an exact output (PSNR infinite) reaches anything
+
+
+def test_starts_share_kmeans_plusplus_draws_with_the_same_centres():
+    from kmeans_ops.colours import colour_table
+    from kmeans_ops.initialise import Starts, initial_centroids
+
+    table = colour_table(photo_bgr("chelsea")[::4, ::4].copy())
+    for pins in ((), ((0, 0, 255), (255, 255, 255))):
+        starts = Starts(table, "kmeans++", 3, pins)
+        for k in (2, 4, 8, 16, 32, 24, 20, 21, 60, 40, 55, 9):  # out of order, across numbers of trials
+            assert np.array_equal(starts(k), initial_centroids(table, k, "kmeans++", 3, pins)), (pins, k)
 
 
 def test_auto_chooses_the_fewest_colours_of_a_full_sweep(small_photos, tmp_path):
@@ -68,13 +104,21 @@ def test_auto_chooses_the_fewest_colours_of_a_full_sweep(small_photos, tmp_path)
             status, err = run_cli("quantize", small_photos / f"{stem}.png", "-k", k, "--out", tmp_path / f"k{k}", "-q")
             assert status == 0, err
             sweep[k] = _figures(tmp_path / f"k{k}", stem)["psnr"]
-        fewest = min(k for k, psnr in sweep.items() if psnr >= 32)
-        assert chosen["k"] == chosen["quality"]["chosen_k"] == fewest, (stem, sweep)
-        assert chosen["psnr"] >= 32 and chosen["k_requested"] == "auto"
-        for candidate in chosen["quality"]["candidates"]:  # each candidate is exactly the fixed-K run
-            assert candidate["psnr"] == sweep[candidate["k"]]
+        k = chosen["k"]
+        # the search's rule, exactly: the fixed-K run at the chosen K reaches MAX, at K - 1 it does not
+        assert chosen["quality"]["chosen_k"] == k and sweep[k] >= 32 > sweep[k - 1], (stem, sweep)
+        assert k == min(j for j, psnr in sweep.items() if psnr >= 32), (stem, sweep)  # PSNR grew with K here
+        assert chosen["psnr"] == sweep[k] and chosen["k_requested"] == "auto"
+        for candidate in chosen["quality"]["candidates"]:
+            if candidate["final"]:  # a finished candidate is exactly the fixed-K run
+                assert candidate["psnr"] == sweep[candidate["k"]]
+            else:  # a probe: a few iterations of it, below the finished PSNR (but for the palette's rounding)
+                assert candidate["iterations"] == search.PROBE_ITERATIONS
+                assert candidate["psnr"] < sweep[candidate["k"]] + 0.05
+        finished = [c["k"] for c in chosen["quality"]["candidates"] if c["final"]]
+        assert k in finished and k - 1 in finished
         assert len(chosen["quality"]["candidates"]) < 47 / 3  # far fewer runs than the sweep
-        fixed = cv2.imread(str(tmp_path / f"k{fewest}" / f"{stem}.png"))
+        fixed = cv2.imread(str(tmp_path / f"k{k}" / f"{stem}.png"))
         assert np.array_equal(cv2.imread(str(tmp_path / "auto" / f"{stem}.png")), fixed)
 
 
