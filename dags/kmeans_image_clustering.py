@@ -90,6 +90,15 @@ diffuses the error. Every path param must lie under the allowed roots (Variable
                         values_display={"none": "None", "floyd-steinberg": "Floyd-Steinberg error diffusion"},
                         description="Error diffusion with the same palette, so gradients do not band; "
                                     "needs K of 256 or less."),
+        "keep": Param(None, type=["null", "string"], title="Pinned colours",
+                      examples=["#ffffff,#000000"],
+                      description="Colours in every output palette that K-means never moves (the other K - n "
+                                  "are clustered around them): #rrggbb values separated by commas, or the path "
+                                  "of a clusters file ('label B G R', whole values 0-255) under the allowed "
+                                  "roots; fewer than k; with palette 'image' or 'run'. Empty: none."),
+        "skip_if_larger": Param(False, type="boolean", title="Skip if larger",
+                                description="Write no output image for an input whose quantised PNG would be "
+                                            "larger than the input file (its JSON says skipped: larger)."),
         "engine": Param("local", type="string", enum=["local", "hadoop"], title="Engine",
                         values_display={"local": "Embedded (in-process MapReduce)",
                                         "hadoop": "Hadoop Streaming on YARN, data in HDFS"}),
@@ -154,7 +163,7 @@ def kmeans_image_clustering():
         if not good:
             raise AirflowFailException(f"all {len(ingested)} image(s) failed: " + "; ".join(f["error"] for f in failures))
         good_ids = [r["image_id"] for r in good]
-        params = Params(**run["params"])
+        params = Params.from_json(run["params"])
         try:  # a shared palette: the union of the images' tables (or the palette file) as one unit
             unit = palette.prepare(WorkArea(run["work"]), good_ids, params)
         except InputError as err:

@@ -15,8 +15,8 @@ from kmeans_ops import settings
 TARGET_DAG_ID = "kmeans_image_clustering"
 #: The params of kmeans_image_clustering a default may set ("input" is filled in by the scan).
 #: tests/test_nightly.py checks this list against the DAG itself.
-TARGET_PARAMS = ("k", "max_iterations", "delta", "init", "seed", "palette", "labels", "dither", "engine", "output",
-                 "batch_size", "replace_published")
+TARGET_PARAMS = ("k", "max_iterations", "delta", "init", "seed", "palette", "labels", "dither", "keep",
+                 "skip_if_larger", "engine", "output", "batch_size", "replace_published")
 #: Keys of the defaults Variable that this DAG consumes itself: never forwarded to the triggered runs.
 NIGHTLY_KEYS = ("settle_seconds",)
 
@@ -178,8 +178,9 @@ def kmeans_nightly():
             allowed = AllowedRoots.from_settings()
             for root in roots:  # nothing is listed unless every root is allowed
                 allowed.check(f"landing root ({roots_from})", root)
-            for key in ("output", "init", "palette"):  # the triggered runs check them again at prepare
-                if isinstance(defaults.get(key), str) and defaults[key] not in (*INIT_METHODS, *PALETTE_MODES):
+            for key in ("output", "init", "palette", "keep"):  # the triggered runs check them again at prepare
+                if (isinstance(defaults.get(key), str) and defaults[key] not in (*INIT_METHODS, *PALETTE_MODES)
+                        and not (key == "keep" and defaults[key].lstrip().startswith("#"))):
                     check_scheme(f"{key} (Variable {settings.VAR_NIGHTLY_DEFAULTS})", defaults[key], supported=(None,))
                     allowed.check(f"{key} (Variable {settings.VAR_NIGHTLY_DEFAULTS})", defaults[key])
             ledger = L.Ledger.load(settings.ledger_path())

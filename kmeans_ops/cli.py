@@ -71,7 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"number of colours (clusters), an integer >= 1 (default {P.DEFAULT_K}, or the "
                         "number of centroids in the --palette or --init file, which must agree with -k when "
                         "both are given); an image (or, with --palette run, a set of images) with fewer "
-                        "distinct colours keeps all of them")
+                        "distinct colours keeps all of them; 'auto': per image the fewest colours whose "
+                        "PSNR reaches --quality")
+    q.add_argument("--quality", default=None, metavar="MIN-MAX",
+                   help="with -k auto: PSNR in dB, e.g. 28-32: each image gets the fewest colours in 2..--max-k "
+                        "reaching MAX (--max-k colours if none does but they reach MIN); an image that cannot "
+                        "reach MIN fails with one line and nothing is written for it")
+    q.add_argument("--max-k", default=P.DEFAULT_MAX_K_AUTO, metavar="N",
+                   help=f"with -k auto: the most colours tried, 2 to {P.MAX_K} (default {P.DEFAULT_MAX_K_AUTO})")
+    q.add_argument("--keep", default=None, metavar="FILE|#rrggbb,...",
+                   help="pinned colours, in every output palette and never moved by K-means (the other "
+                        "colours are clustered around them): #rrggbb values separated by commas, or a "
+                        "clusters file in the seed format ('label B G R' per line, whole values 0-255); "
+                        "fewer than K; with --palette image or run")
+    q.add_argument("--skip-if-larger", action="store_true",
+                   help="write no output image for an input whose quantised PNG would be larger than the "
+                        "input file: its JSON says \"skipped\": \"larger\" (the input is the better file)")
     q.add_argument("--init", default="kmeans++",
                    help="initial centroids: 'kmeans++' (default, weighted by colour counts), 'random' "
                         "(uniform between the image's smallest and largest value, as the seed did) or "
@@ -500,7 +515,8 @@ def quantize(args) -> int:
     try:
         check_schemes(args)
         params = P.validate(k=args.k, init=args.init, seed=args.seed, max_iter=args.max_iter, delta=args.delta,
-                            palette=args.palette, labels=args.labels, dither=args.dither)
+                            palette=args.palette, labels=args.labels, dither=args.dither, quality=args.quality,
+                            max_k=args.max_k, keep=args.keep, skip_if_larger=args.skip_if_larger)
         batch_size = P.integer("batch_size", args.batch_size, 1, MAX_BATCH_SIZE)
         paths = expand_inputs(args.inputs)
         on_hdfs = is_hdfs(args.out)
@@ -533,7 +549,7 @@ def check_schemes(args) -> None:
     """ParamError naming the option when a path names a filesystem the CLI does not use: inputs may
     be local or ``hdfs://``; ``--out`` too with ``--engine hadoop`` (kmeans_ops.cli_cluster), else
     local; ``--work``, ``--init`` and ``--palette`` files are local (a local folder literally named
-    ``hdfs:`` is never what ``hdfs://...`` meant)."""
+    ``hdfs:`` is never what ``hdfs://...`` meant); so is a ``--keep`` file."""
     from .paths import check_scheme, is_hdfs
 
     for item in args.inputs:
@@ -548,6 +564,8 @@ def check_schemes(args) -> None:
         check_scheme("--init", args.init, supported=(None,))
     if args.palette not in P.PALETTE_MODES:
         check_scheme("--palette", args.palette, supported=(None,))
+    if args.keep and not args.keep.lstrip().startswith("#"):
+        check_scheme("--keep", args.keep, supported=(None,))
 
 
 @contextmanager
@@ -619,6 +637,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
     from .ingest import ingest
     from .reconstruct import finish
     from .run import image_id_of
+    from .search import search
     from .workarea import WorkArea
 
     local = WorkArea(work)
@@ -641,7 +660,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
             image_id = image_id_of(stem)
             try:
                 meta, image, table = ingest(path, image_id, local, params, keep=True)
-                if not shared:  # a shared palette iterates the union only
+                if not shared and not params.auto:  # a shared palette iterates the union only, k auto its candidates
                     engine.remember(local, image_id, table)
                 size = (image.bgr.nbytes if image is not None else 0) + table.codes.nbytes * 3
                 if held + size <= KEEP_BYTES:
@@ -650,7 +669,7 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
                 del image, table
                 ready.append((path, stem, image_id))
                 say(f"read {shown(path)}: {meta['pixels']} pixels, {meta['distinct_colours']} distinct colours, "
-                    + ("shared palette" if shared else f"k={meta['k']}"))
+                    + ("shared palette" if shared else "k auto" if params.auto else f"k={meta['k']}"))
                 for text in meta.get("warnings", []):
                     print(f"warning: {shown(path)}: {shown(text)}", file=sys.stderr, flush=True)
             except InputError as err:
@@ -669,10 +688,19 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
                 engine.remember(staged_from, unit, union)
             del union
         runs = {}
+        searched = {}  # k auto: per image its chosen candidate unit (kmeans_ops.search), or why none
         try:
-            if ready and palette.mode(params) != "file":  # a fixed palette runs no job
-                area = engine.stage(staged_from, f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            if unit is None:
+            key = f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            if ready and palette.mode(params) != "file" and not params.auto:  # a fixed palette runs no job
+                area = engine.stage(staged_from, key)
+            if params.auto:  # rounds of candidates, each staged by itself
+                progress = None if args.quiet else print_progress(params.max_iter)
+                for lo in range(0, len(ready), batch_size):
+                    batch = [image_id for _, _, image_id in ready[lo : lo + batch_size]]
+                    searched.update(search(local, batch, {i: kept[i][1] for i in batch if i in kept}, engine, params,
+                                           f"{key}-{lo}", progress, say))
+                runs = {i: found["state"] for i, found in searched.items() if "unit" in found}
+            elif unit is None:
                 progress = None if args.quiet else print_progress(params.max_iter)
                 for lo in range(0, len(ready), batch_size):
                     batch = [image_id for _, _, image_id in ready[lo : lo + batch_size]]
@@ -690,21 +718,36 @@ def _run(args, params, batch_size: int, engine, plan: list[tuple[str, str]], wor
         if unit is not None:
             extra["palette"] = palette.describe(params, len(ready))
         for path, stem, image_id in ready:
+            if image_id in searched and "unit" not in searched[image_id]:  # cannot reach the minimum quality
+                kept.pop(image_id, None)
+                failed(path, searched[image_id]["error"])
+                continue
             out_image, out_json = output_files(args.out, stem)
             new_images = [f for f in output_names(args.out, stem, params.labels)  # image, label map
                           if f != out_json and not os.path.lexists(f)]
             try:
                 image, table = kept.pop(image_id, (None, None))
                 # a shared palette: the image's own files never left the local work area
-                where = local if unit is not None else engine.fetch(area, image_id, local.root)
-                result = finish(where, image_id, runs[image_id], out_image, out_json, extra, image=image, table=table,
-                                palette_unit=unit, labels=params.labels, dither=params.dither)
+                where = local if unit is not None or params.auto else engine.fetch(area, image_id, local.root)
+                chosen = searched.get(image_id, {})
+                result = finish(where, image_id, runs[image_id], out_image, out_json,
+                                {**extra, "quality": chosen["quality"]} if chosen else extra, image=image, table=table,
+                                palette_unit=chosen.get("unit", unit), labels=params.labels, dither=params.dither,
+                                skip_if_larger=params.skip_if_larger)
                 del image, table
                 psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f}"
                 state = ("fixed palette" if palette.mode(params) == "file"
                          else "converged" if result["converged"] else "stopped at max_iter")
-                say(f"wrote {shown(result['output'] or out_json)}: k={result['k']}, "
-                    f"{result['iterations']} iterations ({state}), PSNR {psnr} dB")
+                if result.get("skipped"):
+                    say(f"skipped the image of {shown(path)}: its PNG would be {result['output_bytes_would_be']} "
+                        f"bytes, more than the input's {result['source_bytes']} (--skip-if-larger); wrote "
+                        f"{shown(out_json)}")
+                    continue
+                size = (f", {result['output_bytes']} bytes ({result['size_ratio']:.0%} of the input)"
+                        if result.get("size_ratio") is not None else "")
+                say(f"wrote {shown(result['output'] or out_json)}: k={result['k']}"
+                    + (" (auto)" if chosen else "") + f", {result['iterations']} iterations ({state}), "
+                    f"PSNR {psnr} dB{size}")
             except StorageFull:
                 for written in new_images:  # its JSON could not follow: no lone image or label map
                     if os.path.lexists(written):

@@ -41,6 +41,9 @@ def refusal(args, paths: list[str], params) -> str | None:
         return f"--out: an hdfs:// output needs every input in HDFS; {shown(local[0])} is local"
     if palette.mode(params) != "image":
         return "--out: an hdfs:// output works with --palette image only (one palette per image)"
+    if params.auto or params.skip_if_larger:
+        return (f"--out: an hdfs:// output does not take {'-k auto' if params.auto else '--skip-if-larger'} yet; "
+                f"write to a local --out")
     if args.work:
         return "--work: not used with an hdfs:// output (the work area is on HDFS)"
     return None

@@ -16,15 +16,21 @@ from .storage import read_json
 from .workarea import WorkArea
 
 
-def run_iterations(area: WorkArea, image_ids: list[str], engine, params: Params, progress=None) -> dict[str, dict]:
+def run_iterations(area: WorkArea, image_ids: list[str], engine, params: Params, progress=None,
+                   limits: dict[str, int] | None = None) -> dict[str, dict]:
     """Run iterations 1.. until every image converged or ``params.max_iter`` was reached.
 
     Returns ``{image id: {"iterations": n, "converged": bool}}``; ``progress(iteration, active,
-    figures)`` is called after each job.
+    figures)`` is called after each job. ``limits``: fewer iterations for some images (the quality
+    search's probes): an image leaves the batch after its limit, as at max_iter.
     """
     state = {image_id: {"iterations": 0, "converged": False} for image_id in image_ids}
+    limits = limits or {}
     active = list(image_ids)
     for iteration in range(1, params.max_iter + 1):
+        done = [image_id for image_id in active if limits.get(image_id, params.max_iter) < iteration]
+        engine.release(area, done)
+        active = [image_id for image_id in active if image_id not in done]
         if not active:
             break
         figures = engine.iterate(area, active, iteration, params.delta)

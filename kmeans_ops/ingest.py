@@ -310,16 +310,20 @@ def _ingest_local(path: str, local_path: str, st, image_id: str, area, params, k
         if image.frames > 1:  # OpenCV decodes the first frame (page) only: say so
             more = " or more" if image.frames >= MAX_COUNTED_FRAMES else ""
             meta["warnings"] = [f"first frame of {image.frames}{more} used"]
-    own = params.palette == "image"  # a shared palette: no centroids of its own (kmeans_ops.palette)
+    # A shared palette: no centroids of its own (kmeans_ops.palette); k "auto": each candidate K is
+    # a unit of its own (kmeans_ops.search), whose K x colours is checked when it is made.
+    own = params.palette == "image" and not params.auto
     if own and params.init in ("kmeans++", "random"):
         check_cost(table, params.k, path)  # before k-means++ and any iteration; nothing written yet
-    centroids = initial_centroids(table, params.k, params.init, params.seed) if own else None
+    pinned = params.keep
+    centroids = initial_centroids(table, params.k, params.init, params.seed, pinned) if own else None
     meta.update(
         pixels=table.n_pixels,
         distinct_colours=len(table),
         mean_bgr=table.mean().tolist(),  # the frame map computes distances in (mapreduce.assign)
-        k_requested=params.k,
+        k_requested="auto" if params.auto else params.k,
         k=len(centroids) if own else None,  # a shared palette's K is the palette unit's (kmeans_ops.palette)
+        pinned=len(pinned),  # the first centroids are the pinned colours: reduce never moves them
     )
     if not own:
         meta["palette"] = palette_mode(params)

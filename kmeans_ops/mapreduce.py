@@ -279,7 +279,7 @@ def combine(parts: list[Partials]) -> Partials:
 
 
 # ---------------------------------------------------------------- reduce
-def reduce_image(part: Partials, centroids: np.ndarray, delta: float) -> Update:
+def reduce_image(part: Partials, centroids: np.ndarray, delta: float, pinned: int = 0) -> Update:
     """New centroids from the combined partials of one image.
 
     An empty cluster is re-seeded as scikit-learn does it: it gets one pixel of the colour farthest
@@ -287,10 +287,14 @@ def reduce_image(part: Partials, centroids: np.ndarray, delta: float) -> Update:
     colour, and a pixel whose cluster would become empty is passed over, so clusters never vanish.
     A cluster left empty (too few distinct colours) keeps its centroid. Converged: no cluster was
     re-seeded and every centroid moved at most ``delta``.
+
+    ``pinned``: the first ``pinned`` centroids are pinned colours: they never move and are never
+    re-seeded (map assigned colours to them as to any other); only the free ones move.
     """
     sums, weights = part.sums.copy(), part.weights.copy()
     reseeded = []
     empty = np.flatnonzero(weights == 0)
+    empty = empty[empty >= pinned]
     if empty.size:
         from .colours import codes_to_bgr
 
@@ -309,6 +313,7 @@ def reduce_image(part: Partials, centroids: np.ndarray, delta: float) -> Update:
                 break
     new = centroids.astype(np.float64, copy=True)
     filled = weights > 0
+    filled[:pinned] = False
     new[filled] = sums[filled] / weights[filled, None]
     shift = np.sqrt(((new - centroids) ** 2).sum(axis=1))
     converged = not reseeded and bool(shift.max() <= delta)

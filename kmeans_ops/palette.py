@@ -130,7 +130,7 @@ def merge_run(area: WorkArea, image_ids: list[str], params, tables: dict | None 
                                                 f"images, more than a points line holds: split the run")
     if params.init in ("kmeans++", "random"):
         check_cost(table, params.k, "palette=run (the union of the run's images)")
-    centroids = initial_centroids(table, params.k, params.init, params.seed)
+    centroids = initial_centroids(table, params.k, params.init, params.seed, params.keep)
     meta = {
         "image_id": RUN_UNIT,
         "kind": "palette",
@@ -144,6 +144,7 @@ def merge_run(area: WorkArea, image_ids: list[str], params, tables: dict | None 
         "mean_bgr": table.mean().tolist(),  # the frame map computes distances in (mapreduce.assign)
         "k_requested": params.k,
         "k": len(centroids),
+        "pinned": len(params.keep),
     }
     write_points(area.points(RUN_UNIT), RUN_UNIT, table)
     write_clusters(area.clusters(RUN_UNIT, 0), centroids)

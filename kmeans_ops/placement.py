@@ -24,7 +24,7 @@ def cluster_stages(engine, params: dict) -> bool:
     from .palette import mode
     from .params import Params
 
-    return "ingest" in engine.remote_stages and mode(Params(**params)) == "image"
+    return "ingest" in engine.remote_stages and mode(Params.from_json(params)) == "image"
 
 
 def ingested_on_cluster(engine, params: dict, image: dict) -> bool:

@@ -151,11 +151,11 @@ def render(image: Image, pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_output(path: str, image: Image, pixels: np.ndarray, palette: np.ndarray) -> None:
-    """Write the quantised image (label plane ``pixels`` through ``palette``) atomically. An 8-bit
-    PNG without alpha and with at most 256 colours is written as an indexed (palette) PNG by
-    Pillow: a third of the data to compress, and every reader shows the same colours. Anything else
-    goes through OpenCV (format from the extension), with alpha and 16 bits kept."""
+def encode_output(path: str, image: Image, pixels: np.ndarray, palette: np.ndarray) -> bytes:
+    """The encoded quantised image (label plane ``pixels`` through ``palette``). An 8-bit PNG
+    without alpha and with at most 256 colours is an indexed (palette) PNG by Pillow: a third of
+    the data to compress, and every reader shows the same colours. Anything else goes through
+    OpenCV (format from the extension of ``path``), with alpha and 16 bits kept."""
     if path.lower().endswith(".png") and image.bit_depth == 8 and image.alpha is None and len(palette) <= 256:
         import io
 
@@ -165,9 +165,8 @@ def write_output(path: str, image: Image, pixels: np.ndarray, palette: np.ndarra
         indexed.putpalette(palette[:, ::-1].astype(np.uint8).ravel().tolist())
         buffer = io.BytesIO()
         indexed.save(buffer, format="PNG", compress_level=1)
-        write_bytes(path, buffer.getvalue())
-        return
-    write_image(path, render(image, pixels, palette))
+        return buffer.getvalue()
+    return encode_image(path, render(image, pixels, palette))
 
 
 def write_labels(path: str, pixels: np.ndarray) -> None:
@@ -175,13 +174,31 @@ def write_labels(path: str, pixels: np.ndarray) -> None:
     write_image(path, np.ascontiguousarray(pixels))
 
 
-def write_image(path: str, pixels: np.ndarray) -> None:
-    """Encode (format from the extension, PNG by default) and write atomically."""
+def encode_image(path: str, pixels: np.ndarray) -> bytes:
+    """Encode (format from the extension of ``path``, PNG by default)."""
     ext = "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ".png"
     ok, encoded = cv2.imencode(ext, pixels)
     if not ok:
         raise InputError(path, f"OpenCV cannot encode {ext} output")
-    write_bytes(path, encoded.tobytes())
+    return encoded.tobytes()
+
+
+def write_image(path: str, pixels: np.ndarray) -> None:
+    """Encode (:func:`encode_image`) and write atomically."""
+    write_bytes(path, encode_image(path, pixels))
+
+
+def sizes(source_bytes: int | None, output_bytes: int | None) -> dict:
+    """The JSON's size figures: the input file's bytes, the output image's (None: not written) and
+    their ratio (output / input)."""
+    ratio = output_bytes / source_bytes if output_bytes is not None and source_bytes else None
+    return {"source_bytes": source_bytes, "output_bytes": output_bytes, "size_ratio": ratio}
+
+
+def _remove_own(path: str) -> None:
+    """Remove an earlier output at ``path`` (the caller's own name: it would contradict the JSON)."""
+    if os.path.lexists(path):
+        os.unlink(path)
 
 
 def _read_source(meta: dict) -> Image:
@@ -208,7 +225,8 @@ def _published(path: str | None, published_as: str | None) -> str | None:
 
 def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str, extra: dict | None = None,
            image: Image | None = None, table: ColourTable | None = None, published_as: str | None = None,
-           labels: bool = False, dither: str = "none", palette_unit: str | None = None) -> dict:
+           labels: bool = False, dither: str = "none", palette_unit: str | None = None,
+           skip_if_larger: bool = False) -> dict:
     """Reconstruct one image from its final centroids and write its output image and JSON figures.
 
     ``run`` is the driver's ``{"iterations": n, "converged": bool}``. The output image is skipped
@@ -230,6 +248,10 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
       shared by several images. The image's own table and metadata still give its labels, figures
       and ``cluster_pixels``. With ``run["iterations"] == 0`` the centroids are the unit's
       ``clusters-000`` (a fixed palette applied with no iterations).
+    - ``skip_if_larger``: when the encoded output would be larger than the input file, no output
+      image (nor label map) is written, an earlier one at its name is removed, and the JSON says
+      ``"skipped": "larger"`` with ``output`` None and ``output_bytes_would_be``. Always in the
+      JSON: ``source_bytes``, ``output_bytes`` and ``size_ratio`` (:func:`sizes`).
     """
     from .driver import history
     from .formats import read_clusters, read_points
@@ -246,7 +268,8 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
     palette = palette_of(centroids)
     figures = quality(table, colour_labels, palette)
     cluster_pixels = np.bincount(colour_labels, table.counts, minlength=len(centroids))
-    written = labels_written = None
+    written = labels_written = output_bytes = None
+    skipped = {}
     if meta["kind"] == "image" and out_image:
         if image is None:
             image = _read_source(meta)
@@ -255,11 +278,17 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
         if dither != "none" and not exact:  # the colour table no longer describes the output: measure it
             figures = pixel_quality(image.bgr, np.take(palette, pixels, axis=0))
             cluster_pixels = np.bincount(pixels.ravel(), minlength=len(centroids))
-        if labels:
-            labels_written = labels_path(out_image)
-            write_labels(labels_written, pixels)
-        write_output(out_image, image, pixels, palette)
-        written = out_image
+        encoded = encode_output(out_image, image, pixels, palette)
+        if skip_if_larger and len(encoded) > meta["source_bytes"]:
+            skipped = {"skipped": "larger", "output_bytes_would_be": len(encoded)}
+            for own in [out_image] + ([labels_path(out_image)] if labels else []):
+                _remove_own(own)
+        else:
+            if labels:
+                labels_written = labels_path(out_image)
+                write_labels(labels_written, pixels)
+            write_bytes(out_image, encoded)
+            written, output_bytes = out_image, len(encoded)
     result = {
         "image_id": image_id,
         "source": meta["source"],
@@ -278,6 +307,8 @@ def finish(area, image_id: str, run: dict, out_image: str | None, out_json: str,
         "palette_rgb": palette[:, ::-1].tolist(),
         "cluster_pixels": cluster_pixels.astype(int).tolist(),
         **figures,
+        **sizes(meta.get("source_bytes"), output_bytes),
+        **skipped,
         "history": history(area, unit, iterations),
         **{key: meta[key] for key in ("frames", "warnings") if key in meta},  # e.g. "first frame of 3 used"
         **(extra or {}),

@@ -356,13 +356,14 @@ RESEED_COLOUR, GUIDE_COLOUR, DELTA_COLOUR = "#ea580c", "#fdba74", "#b91c1c"
 
 def line_chart(points: list[tuple[int, float]], *, key: str, title: str, y_label: str, colour: str,
                marks: set | frozenset = frozenset(), hline: float | None = None, hline_label: str = "",
-               y_from_zero: bool = False, value_format=None) -> dict:
+               y_from_zero: bool = False, value_format=None, x_label: str = "iteration") -> dict:
     """A line chart of ``(iteration, value)`` points drawn by matplotlib: ``{"title", "svg",
     "points"}``, ``svg`` the SVG element to embed (markup), ``points`` how many points it shows.
 
     One dot per point with its tooltip (``iteration 3: 1,234``); iterations in ``marks`` get a
     triangle above their dot and a dotted guide (clusters re-seeded); ``hline`` is a dashed line
-    labelled ``hline_label``; y values of 10,000 and more read 120k, 3.5M. ``key``, unique on the
+    labelled ``hline_label``; y values of 10,000 and more read 120k, 3.5M; ``x_label`` names the x
+    axis and starts each tooltip (``K 24: 32.08``: the quality search's chart). ``key``, unique on the
     page, salts the SVG's ids (several charts on one page). "no data" when no point has a number.
     No pyplot: a Figure of its own, the style applied while it draws (``rc_context``).
     """
@@ -386,9 +387,9 @@ def line_chart(points: list[tuple[int, float]], *, key: str, title: str, y_label
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="#3e4c59")
         else:
             xs, ys = [x for x, _ in points], [y for _, y in points]
-            text = [f"iteration {x}: {fmt(y)}" + (" — clusters re-seeded" if x in marks else "") for x, y in points]
+            text = [f"{x_label} {x}: {fmt(y)}" + (" — clusters re-seeded" if x in marks else "") for x, y in points]
             reseeded = [(x, y, tip) for (x, y), tip in zip(points, text) if x in marks]
-            ax.set_xlabel("iteration")
+            ax.set_xlabel(x_label)
             ax.set_ylabel(y_label)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10], integer=True, min_n_ticks=1))
             top = max(abs(y) for y in ys + ([hline] if hline is not None else []))
@@ -468,6 +469,47 @@ def _charts(r: dict, delta, key: str) -> dict:
     return {"charts": charts, "reseeded": reseeded, "delta": delta is not None}
 
 
+def quality_chart(r: dict, key: str) -> dict | None:
+    """The PSNR of each K the quality search tried (``k`` auto), the target as a dashed line, and
+    what was chosen; None for an image of a fixed K. An exact candidate (infinite PSNR) is left out
+    of the chart, named in the legend."""
+    q = r.get("quality") if isinstance(r.get("quality"), dict) else None
+    if q is None:
+        return None
+    tried = [c for c in q.get("candidates") or [] if isinstance(c, dict) and _num(c.get("k")) is not None]
+    points = sorted((int(c["k"]), c.get("psnr")) for c in tried)
+    target = _num(q.get("target_psnr"))
+    chart = line_chart(points, key=f"{key}-quality", title="PSNR of each K the search tried", y_label="PSNR (dB)",
+                       colour="#059669", hline=target, hline_label=f"target {_plain(target)} dB" if target else "",
+                       value_format=lambda v: f"{v:.2f} dB", x_label="K")
+    exact = [str(k) for k, psnr in points if psnr is None]
+    return {"chart": chart, "chosen": _int(q.get("chosen_k")), "tried": len(points),
+            "target": _plain(target), "minimum": _plain(q.get("min_psnr")), "max_k": _int(q.get("max_k")),
+            "reached": bool(q.get("reached_target")),
+            "exact": f"K {', '.join(exact)}: every colour kept (lossless)" if exact else ""}
+
+
+def _bytes(n) -> str:
+    n = _num(n)
+    if n is None:
+        return "—"
+    for unit, size in (("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def size_against_input(r: dict) -> str:
+    """``34.0 kB of 120.0 kB (28%)``, or why there is no output image (skipped: larger than its input)."""
+    source = r.get("source_bytes")
+    if r.get("skipped") == "larger":
+        return f"skipped: {_bytes(r.get('output_bytes_would_be'))} > input {_bytes(source)}"
+    ratio = _num(r.get("size_ratio"))
+    if ratio is None:
+        return "—"
+    return f"{_bytes(r.get('output_bytes'))} of {_bytes(source)} ({ratio:.0%})"
+
+
 # --------------------------------------------------------------------------------------------
 # Page parts: one dict each, what the template shows
 
@@ -507,13 +549,21 @@ def _summary_row(i: int, r: dict) -> dict:
         "size": _size(r),
         "distinct": _int(r.get("distinct_colours")),
         "k": _int(r.get("k")),
-        "k_requested": _int(k_requested) if k_requested is not None and k_requested != r.get("k") else "",
+        "k_requested": _k_requested(k_requested, r.get("k")),
+        "file_size": size_against_input(r),
         "iterations": _int(r.get("iterations")),
         "converged": r.get("converged"),
         "mse": _fixed(r.get("mse")),
         "psnr": _psnr(r.get("psnr")),
         "seconds": duration(r.get("seconds")),
     }
+
+
+def _k_requested(k_requested, k) -> str:
+    """How K was asked for, when it is not the K used: a number, or "auto" (the quality search)."""
+    if k_requested == "auto":
+        return "auto"
+    return _int(k_requested) if k_requested is not None and k_requested != k else ""
 
 
 def _failure_row(f: dict) -> dict:
@@ -727,9 +777,10 @@ def _figures(r: dict, params: dict, group: dict | None = None) -> list[dict]:
 
     k_requested = r.get("k_requested")
     conv = r.get("converged")
+    asked = _k_requested(k_requested, r.get("k"))
     figures = [
-        fig("K", _int(r.get("k")),
-            f"of {_int(k_requested)} requested" if k_requested is not None and k_requested != r.get("k") else ""),
+        fig("K", _int(r.get("k")), "chosen by the quality search" if asked == "auto" else
+            f"of {asked} requested" if asked else ""),
         fig("Iterations", _int(r.get("iterations")),
             f'of max {_int(params["max_iter"])}' if _num(params.get("max_iter")) is not None else ""),
         fig("Converged", "—" if conv is None else "yes" if conv else "no",
@@ -738,6 +789,7 @@ def _figures(r: dict, params: dict, group: dict | None = None) -> list[dict]:
         fig("PSNR", _psnr(r.get("psnr"))),
         fig("Squared error", _int(r.get("squared_error"))),
         fig("Reconstruct time", duration(r.get("seconds"))),
+        fig("Output file", size_against_input(r)),
     ]
     frames = _num(r.get("frames"))
     if frames is not None and frames > 1:
@@ -797,6 +849,7 @@ def _image(i: int, r: dict, run_params: dict | None, folder: str | None, group: 
         "palette": None if shared else _palette(r),
         "shares": image_shares(r, group) if shared else None,
         "convergence": None if shared else _charts(r, params.get("delta"), f"img-{i}"),
+        "quality": quality_chart(r, f"img-{i}"),
         "figures": _figures(r, params, group),
     }
 
@@ -868,7 +921,9 @@ def write_report(path: str, results: list[dict], failures: list[dict], run: dict
     summary table, the failed images, and per image: warnings, a link to its label map
     (``labels``), before / after thumbnails, its palette (with a shared palette: its own share of
     each shared colour, unused colours shown empty), the convergence charts (SSE and largest shift
-    per iteration) and the figures (``dither`` when not "none"). Output images are read beside
+    per iteration), with ``k`` auto the chosen K and the PSNR of each K the search tried (its
+    ``quality`` entry), each output file's size against its input's (or that it was skipped as
+    larger) and the figures (``dither`` when not "none"). Output images are read beside
     ``path`` first (publish() writes them together); label maps are linked by their name there.
     """
     from .storage import write_bytes

@@ -121,7 +121,7 @@ def check_output_scheme(output: str, engine: str) -> None:
 def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     """Check a DAG run's params once and plan the run: its images, work area and output folder.
 
-    Every path param (``input`` items, ``init`` and ``palette`` when they are files, ``output``: local, or
+    Every path param (``input`` items, ``init``, ``palette`` and ``keep`` when they are files, ``output``: local, or
     ``hdfs://`` with engine hadoop) is checked against
     the allowed roots (kmeans_ops.paths) before anything is read, then every image the inputs name
     (a folder's files, a pattern's matches) is checked again once resolved, so a symlink pointing
@@ -150,9 +150,15 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
         check_scheme("palette", palette, supported=(None,))
         palette = roots.check("palette", palette)
         given[palette] = conf["palette"]
+    keep = conf.get("keep")
+    if isinstance(keep, str) and keep.strip() and not keep.lstrip().startswith("#"):  # a clusters file
+        check_scheme("keep", keep, supported=(None,))
+        keep = roots.check("keep", keep)
+        given[keep] = conf["keep"]
     validated = P.validate(k=conf["k"], init=init, seed=conf["seed"], max_iter=conf["max_iterations"],
                            delta=conf["delta"], palette=palette, labels=conf.get("labels", False),
-                           dither=conf.get("dither", "none"), given=given)
+                           dither=conf.get("dither", "none"), given=given, keep=keep,
+                           skip_if_larger=conf.get("skip_if_larger", False))
     paths = expand_inputs(inputs, allowed=roots)
     if not paths:
         raise InputError(", ".join(inputs), "no images found")

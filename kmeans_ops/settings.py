@@ -77,6 +77,13 @@ MAX_SEED = 2**32 - 1
 MAX_INIT_FILE_BYTES = 16 << 20
 DEFAULT_BATCH_SIZE = 64
 MAX_BATCH_SIZE = 10000
+#: ``k`` "auto": per image the fewest colours whose PSNR reaches the ``quality`` target (kmeans_ops.search).
+K_AUTO = "auto"
+#: Largest K the search tries (``max_k``), by default: a PNG palette's 256 colours.
+DEFAULT_MAX_K_AUTO = 256
+#: ``quality`` "MIN-MAX" in PSNR dB: both within these bounds (an 8-bit image's PSNR with one
+#: wrong unit in every channel of every pixel is 48.1 dB; 100 dB is a few pixels off by one).
+MIN_QUALITY_DB, MAX_QUALITY_DB = 1.0, 100.0
 
 #: Pixel budget per image: ~21 bytes per pixel at peak (decoded image, codes, sort, output), so
 #: 100 MP stays near 2 GB; a 50 MP photo takes about 1 GB.

@@ -53,7 +53,7 @@ BLOCK = 8 << 20  # bytes of input parsed at once by the mapper
 
 
 #: What each line of a job's centroids file and of the reducers' output holds (for messages).
-CENTROIDS_LINE = "'<image id>\\tM <mean B> <mean G> <mean R>' or '<image id>\\tC <cluster> <B> <G> <R>'"
+CENTROIDS_LINE = "'<image id>\\tM <mean B> <mean G> <mean R> [<pinned>]' or '<image id>\\tC <cluster> <B> <G> <R>'"
 REDUCER_LINE = "'<image id>\\tC <cluster> <B> <G> <R>' or '<image id>\\tS <figures as a JSON object>'"
 
 
@@ -69,8 +69,9 @@ def utf8_lines(data: bytes, source: str) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def read_centroids(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """{image id: (K, 3) centroids}, {image id: mean colour} from a job's centroids file.
+def read_centroids(path: str, pins: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """{image id: (K, 3) centroids}, {image id: mean colour} from a job's centroids file, and into
+    ``pins`` (when given) {image id: how many first centroids are pinned} (an M line's 4th field).
     ValueError naming the file, the line and the expected format for a malformed line (never the line)."""
     rows: dict[str, dict[int, list[float]]] = {}
     means: dict[str, np.ndarray] = {}
@@ -80,8 +81,10 @@ def read_centroids(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
         try:
             image_id, value = line.split("\t")
             kind, *fields = value.split(" ")
-            if kind == "M" and len(fields) == 3:
-                means[image_id] = np.array([float(v) for v in fields])
+            if kind == "M" and len(fields) in (3, 4):
+                means[image_id] = np.array([float(v) for v in fields[:3]])
+                if pins is not None:
+                    pins[image_id] = int(fields[3]) if len(fields) == 4 else 0
             elif kind == "C" and len(fields) == 4:
                 rows.setdefault(image_id, {})[int(fields[0])] = [float(v) for v in fields[1:4]]
             else:
@@ -101,11 +104,12 @@ def _stacked(rows: dict[int, list[float]], source: str) -> np.ndarray:
     return np.array([rows[j] for j in range(len(rows))])
 
 
-def format_centroids(centroids: dict[str, np.ndarray], means: dict[str, np.ndarray]) -> str:
+def format_centroids(centroids: dict[str, np.ndarray], means: dict[str, np.ndarray], pins: dict | None = None) -> str:
+    """A job's centroids file; an image with pinned centroids (``pins``) has their count after its mean."""
     lines = []
     for image_id, cs in centroids.items():
-        m = means[image_id]
-        lines.append(f"{image_id}\tM {m[0]!r} {m[1]!r} {m[2]!r}")
+        m, n = means[image_id], (pins or {}).get(image_id, 0)
+        lines.append(f"{image_id}\tM {m[0]!r} {m[1]!r} {m[2]!r}" + (f" {int(n)}" if n else ""))
         lines += [f"{image_id}\tC {j} {c[0]!r} {c[1]!r} {c[2]!r}" for j, c in enumerate(cs.tolist())]
     return "".join(line + "\n" for line in lines)
 
@@ -160,10 +164,11 @@ def run_combine(centroids_path: str, stdin, stdout) -> None:
 
 
 def run_reduce(centroids_path: str, delta: float, stdin, stdout) -> None:
-    centroids, _ = read_centroids(centroids_path)
+    pins: dict[str, int] = {}
+    centroids, _ = read_centroids(centroids_path, pins)
     for image_id, records, numbers in _by_image(stdin):
         part = mapreduce.decode(records, lambda i: len(centroids[i]), numbers)[image_id]
-        update = mapreduce.reduce_image(part, centroids[image_id], delta)
+        update = mapreduce.reduce_image(part, centroids[image_id], delta, pins.get(image_id, 0))
         lines = [f"{image_id}\tC {j} {c[0]!r} {c[1]!r} {c[2]!r}" for j, c in enumerate(update.centroids.tolist())]
         lines.append(f"{image_id}\tS {json.dumps(update.figures(0))}")
         stdout.write("".join(line + "\n" for line in lines))

@@ -61,6 +61,8 @@ CASES = {
     "output through symlink": lambda root, out: {"output": str(root / "link-to-outside" / "results")},
     "init outside": lambda root, out: {"init": str(out / "clusters.txt")},
     "palette file outside": lambda root, out: {"palette": str(out / "clusters.txt")},
+    "keep file outside": lambda root, out: {"keep": str(out / "clusters.txt")},
+    "keep file through symlink": lambda root, out: {"keep": str(root / "link-to-outside" / "clusters.txt")},
 }
 
 

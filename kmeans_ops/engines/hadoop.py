@@ -169,7 +169,7 @@ class HadoopEngine(Engine):
         self.python = python or settings.streaming_python()
         self.timeout = float(timeout or settings.hadoop_timeout())
         self._hdfs = hdfs
-        self._means: dict[tuple[str, str], list[float]] = {}
+        self._means: dict[tuple[str, str], tuple[list[float], int]] = {}
         self._centroids: dict[tuple[str, str, int], object] = {}  # (area, image id, iteration) -> (K, 3)
         self._submitter = None  # yarn.Submitter, False when none can be kept
         self.last_job: dict = {}
@@ -216,10 +216,12 @@ class HadoopEngine(Engine):
         self.hdfs.delete(area.root)
 
     # ------------------------------------------------------------ one iteration = one job
-    def _mean(self, area: WorkArea, image_id: str) -> list[float]:
+    def _meta(self, area: WorkArea, image_id: str) -> tuple[list[float], int]:
+        """An image's mean colour and number of pinned centroids, from its image.json (read once)."""
         key = (area.root, image_id)
         if key not in self._means:
-            self._means[key] = json.loads(self.hdfs.read_bytes(area.meta(image_id)))["mean_bgr"]
+            meta = json.loads(self.hdfs.read_bytes(area.meta(image_id)))
+            self._means[key] = (meta["mean_bgr"], int(meta.get("pinned") or 0))
         return self._means[key]
 
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:
@@ -243,7 +245,8 @@ class HadoopEngine(Engine):
         from ..streaming import format_centroids
 
         centroids = {i: self._centroids_of(area, i, iteration - 1) for i in image_ids}
-        means = {i: self._mean(area, i) for i in image_ids}
+        means = {i: self._meta(area, i)[0] for i in image_ids}
+        pins = {i: self._meta(area, i)[1] for i in image_ids}
         tag = hashlib.sha1("\n".join(image_ids).encode()).hexdigest()[:10]
         output = posixpath.join(area.root, "jobs", f"iteration-{iteration:03d}-{tag}")
         return {
@@ -251,7 +254,7 @@ class HadoopEngine(Engine):
             "name": f"kmeans iteration {iteration} ({len(image_ids)} images)",
             "inputs": [area.points(i) for i in image_ids],
             "output": output,
-            "files": {"centroids.tsv": format_centroids(centroids, means).encode()},
+            "files": {"centroids.tsv": format_centroids(centroids, means, pins).encode()},
             # The mapper combines in memory (one partial record set per image per task, as Spark's
             # and Mahout's k-means do), so a combiner process would get nothing to merge: none is
             # started (three Python starts fewer per iteration of three images).

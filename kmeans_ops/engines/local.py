@@ -52,6 +52,7 @@ class EmbeddedEngine(Engine):
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple, mapreduce.Block] = OrderedDict()  # (path, mtime, size) -> Block
         self._bounds: dict[tuple, hamerly.Bounds] = {}  # same keys: the map-side state of a run
+        self._pins: dict[tuple, int] = {}  # (image.json path, mtime, size) -> pinned centroids
         #: per iteration mapped with bounds: (colours, colours recomputed, colours tightened)
         self.recomputed: deque[tuple[int, int, int]] = deque(maxlen=4096)
 
@@ -105,6 +106,19 @@ class EmbeddedEngine(Engine):
             key, _ = self._cache.popitem(last=False)
             self._bounds.pop(key, None)
 
+    def _pinned(self, area: WorkArea, image_id: str) -> int:
+        """How many of the image's first centroids are pinned colours (``pinned`` of its image.json;
+        none for a unit written without one: points and clusters are all this engine needs)."""
+        from ..storage import read_json
+
+        try:
+            key = self._key(area.meta(image_id))
+        except FileNotFoundError:
+            return 0
+        if key not in self._pins:
+            self._pins[key] = int(read_json(area.meta(image_id)).get("pinned") or 0)
+        return self._pins[key]
+
     def _map(self, key: tuple, data: mapreduce.Block, centroids) -> mapreduce.Partials:
         """Map a whole table: with its bounds from the last iteration if it has them (any centroids
         of the same K: the bounds follow the centroids' shifts from those they were made for)."""
@@ -146,7 +160,7 @@ class EmbeddedEngine(Engine):
             key, data = self._load(area.points(image_id))
             centroids = read_clusters(area.clusters(image_id, iteration - 1))
             part = self._map(key, data, centroids)
-            update = mapreduce.reduce_image(part, centroids, delta)
+            update = mapreduce.reduce_image(part, centroids, delta, self._pinned(area, image_id))
             write_clusters(area.clusters(image_id, iteration), update.centroids)
             figures[image_id] = update.figures(iteration)
             write_json(area.stats(image_id, iteration), figures[image_id])

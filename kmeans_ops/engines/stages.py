@@ -124,7 +124,7 @@ def _ingest_one(image: dict, conf: dict) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="kmeans-ingest-") as tmp:
         local = WorkArea(tmp)
-        [result] = ingest_batch([image], local, Params(**conf["params"]), log)
+        [result] = ingest_batch([image], local, Params.from_json(conf["params"]), log)
         if result["ok"]:
             try:
                 Hdfs().upload_dir(local.image_dir(image["image_id"]), WorkArea(conf["area"]).image_dir(image["image_id"]))

@@ -238,7 +238,7 @@ class KMeansIngestOperator(EngineJobOperator):
             self.log.info("ingest of %d image(s) in HDFS by a job on the cluster, into %s", len(remote), area.root)
             job = engine.submit("ingest", images=remote, area=area, params=self.plan["params"])
         local = [i for i in self.batch if i not in remote]
-        done = ingest_batch(local, WorkArea(self.plan["work"]), Params(**self.plan["params"]), self.log) if local else []
+        done = ingest_batch(local, WorkArea(self.plan["work"]), Params.from_json(self.plan["params"]), self.log) if local else []
         return job, {"done": done, "remote": [i["image_id"] for i in remote]}
 
     def finish(self, context, result, done, remote):
@@ -281,7 +281,8 @@ class KMeansReconstructOperator(EngineJobOperator):
         extra = {"params": plan["params"], "engine": plan["engine"], "run_id": plan["run_id"]}
         if unit:
             extra["palette"] = plan["palette"]
-        options = {"labels": plan["params"]["labels"], "dither": plan["params"]["dither"], "palette_unit": unit}
+        options = {"labels": plan["params"]["labels"], "dither": plan["params"]["dither"], "palette_unit": unit,
+                   "skip_if_larger": plan["params"].get("skip_if_larger", False)}
         on_cluster = placement.reconstructed_on_cluster(engine, plan)
         remote = [i for i in self.batch if i["image_id"] in on_cluster]
         job = None
