@@ -368,3 +368,18 @@ def test_dag_refuses_bad_auto_params_at_prepare_naming_them(airflow_db, small_ph
     with pytest.raises(ParamError) as err:
         plan(full, "manual__x", "kmeans_image_clustering")
     assert all(word in str(err.value) for word in words)
+
+
+def test_auto_ingests_and_reconstructs_hdfs_images_in_the_task():
+    """With k auto the search reads every image from the local work area: no cluster stage."""
+    from kmeans_ops import placement
+
+    class Hadoopish:
+        remote_stages = ("ingest", "reconstruct")
+
+    fixed, auto = P.validate(k=8).to_json(), P.validate(k="auto", quality="28-32").to_json()
+    image = {"path": "hdfs://nn:8020/in/a.png"}
+    assert placement.ingested_on_cluster(Hadoopish(), fixed, image)
+    assert not placement.ingested_on_cluster(Hadoopish(), auto, image)
+    assert not placement.reconstructed_on_cluster(Hadoopish(), {"params": auto, "output": "hdfs://nn:8020/out",
+                                                                "on_cluster": []})
