@@ -8,7 +8,7 @@ from datetime import timedelta
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
 from kmeans_ops import settings
 from kmeans_plugin.operators import (ConvergenceOperator, KMeansIngestOperator, KMeansIterationOperator,
-                                     KMeansReconstructOperator, PublishOperator)
+                                     KMeansReconstructOperator, KMeansSearchOperator, PublishOperator)
 
 #: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
 ITERATION_BOUND = settings.iteration_bound()
@@ -27,7 +27,8 @@ Pipeline: `prepare` (check params and paths, find images) -> `ingest` (mapped ov
 images, each labelled with its images: colour table, points and initial clusters files; with the
 Hadoop engine, images in HDFS by a job on the cluster) -> `upload` (to the run's work area) ->
 `iteration_NN`: `mapreduce`, one MapReduce job per batch of images still moving, then `converge`
-goes on to the next iteration or exits, skipping every later one -> `finals` -> `reconstruct`
+goes on to the next iteration or exits, skipping every later one (with `k` "auto", `search` instead
+of the iterations: per image the fewest colours reaching `quality`) -> `finals` -> `reconstruct`
 (mapped over batches) -> `publish` (**Report** link) -> `cleanup`. With deferrable operators
 (`AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true` and a triggerer), a task waiting on YARN defers and
 holds no worker slot.
@@ -62,8 +63,18 @@ diffuses the error. Every path param must lie under the allowed roots (Variable
             "(JPEG, PNG, BMP, TIFF, WebP). `hdfs://` paths with the Hadoop engine. Every path must lie "
             "under the allowed roots (Airflow Variable `kmeans_allowed_roots`).",
         ),
-        "k": Param(settings.DEFAULT_K, type="integer", minimum=1, maximum=settings.MAX_K, title="K (colours)",
-                   description=f"Number of clusters, i.e. colours in each output image: 1 to {settings.MAX_K}."),
+        "k": Param(settings.DEFAULT_K, type=["integer", "string"], minimum=1, maximum=settings.MAX_K,
+                   pattern="^ *(auto|[0-9]+) *$", title="K (colours)", examples=[settings.DEFAULT_K, "auto"],
+                   description=f"Number of clusters, i.e. colours in each output image: 1 to {settings.MAX_K}; "
+                               f"or 'auto': per image the fewest colours in 2..max_k whose PSNR reaches quality."),
+        "quality": Param(None, type=["null", "string"], title="Quality (k auto)", examples=["28-32"],
+                         description="With k 'auto' (needed then, refused otherwise): MIN-MAX in PSNR dB, each 1 "
+                                     "to 100. Each image gets the fewest colours reaching MAX; an image that "
+                                     "cannot reach MIN fails alone, nothing written for it. Palette 'image', "
+                                     "init kmeans++ or random, no dithering."),
+        "max_k": Param(settings.DEFAULT_MAX_K_AUTO, type="integer", minimum=2, maximum=settings.MAX_K,
+                       title="Most colours (k auto)",
+                       description=f"With k 'auto': the most colours tried, 2 to {settings.MAX_K}."),
         "max_iterations": Param(ITERATION_BOUND, type="integer", minimum=1, maximum=ITERATION_BOUND,
                                 title="Max iterations",
                                 description=f"Most MapReduce iterations per image (at most {ITERATION_BOUND})."),
@@ -176,7 +187,7 @@ def kmeans_image_clustering():
             "on_cluster": on_cluster,
             "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]],
             "palette_unit": unit, "palette": palette.describe(params, len(good))})
-        if palette.mode(params) == "file":  # a fixed palette: no iteration at all
+        if palette.mode(params) == "file" or params.auto:  # a fixed palette: no iteration; k auto: the search
             raise DownstreamTasksSkipped(tasks=[f"iteration_{i:02d}.{name}" for i in range(1, ITERATION_BOUND + 1)
                                                 for name in STEPS])
         return job_batches([unit] if unit else good_ids, run["batch_size"])
@@ -185,6 +196,8 @@ def kmeans_image_clustering():
     ingested = KMeansIngestOperator.partial(task_id="ingest", plan=images["plan"],
                                             map_index_template="{{ batch_label }}").expand(batch=images)
     step = upload(images["plan"], ingested.output)
+    searched = KMeansSearchOperator(task_id="search", plan_from="upload")  # k auto only: skipped otherwise
+    step >> searched
 
     # The iterations: an unrolled chain. Each converge passes the plan and the batches still moving
     # to the next iteration (no edge from upload to every iteration, no join), and on exit skips
@@ -210,7 +223,8 @@ def kmeans_image_clustering():
         from kmeans_ops.palette import FIXED_STATE
 
         ti = context["ti"]
-        plan = ti.xcom_pull(task_ids="upload", key="plan")  # replaced by the last iteration's
+        # replaced by the last iteration's; k auto: the search's, with each image's chosen candidate
+        plan = ti.xcom_pull(task_ids="search", key="plan") or ti.xcom_pull(task_ids="upload", key="plan")
         state = {}
         for i in range(1, ITERATION_BOUND + 1):
             group = f"iteration_{i:02d}"
@@ -225,6 +239,8 @@ def kmeans_image_clustering():
         unit = plan.get("palette_unit")
         if unit:  # a shared palette: every image takes the palette unit's state
             state = {image_id: state.get(unit, FIXED_STATE) for image_id in plan["images"]}
+        for image_id, found in (plan.get("searched") or {}).items():  # k auto: its chosen candidate unit
+            state[image_id] = {**found["state"], "palette_unit": found["unit"], "quality": found["quality"]}
         images = [{"image_id": image_id, "stem": stem, **state[image_id]} for image_id, stem in plan["images"].items()]
         ti.xcom_push(key="plan", value={**plan, "timeline": plan["timeline"] + [["iterations", time.time()]]})
         return task_batches(images)
@@ -237,11 +253,12 @@ def kmeans_image_clustering():
         from kmeans_ops.engines import get_engine
         from kmeans_ops.workarea import WorkArea
 
-        get_engine(run["engine"]).discard(WorkArea(run["work"]))
+        if run["work"] != run["local_work"]:  # staged by the engine (k auto stages each search round alone)
+            get_engine(run["engine"]).discard(WorkArea(run["work"]))
         shutil.rmtree(run["local_work"], ignore_errors=True)
 
     last = finals()
-    step >> last
+    [step, searched] >> last
     reconstructed = KMeansReconstructOperator.partial(task_id="reconstruct", plan=last["plan"],
                                                       map_index_template="{{ batch_label }}").expand(batch=last)
     published = PublishOperator(task_id="publish", plan=last["plan"], results=reconstructed.output, outlets=[RESULTS])

@@ -9,7 +9,8 @@ ingested into the local work area, which ``upload`` then stages, and reconstruct
 
 Shared palettes (``palette`` "run" or a file) keep the in-task path: the union of the run's
 colour tables is built from the local work area, and the stages' jobs reconstruct an image from
-its own files only.
+its own files only. So does ``k`` "auto": the quality search (kmeans_ops.search) writes its
+candidates beside the images in the local work area and stages each round by itself.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from .workarea import WorkArea
 def cluster_stages(engine, params: dict) -> bool:
     """Whether this run's images in HDFS are ingested and reconstructed by jobs on the cluster: an
     engine that runs those stages there (``Engine.remote_stages``: the Hadoop engine's) and one
-    palette per image."""
+    palette per image, of a K given (not "auto")."""
     from .palette import mode
     from .params import Params
 
-    return "ingest" in engine.remote_stages and mode(Params.from_json(params)) == "image"
+    chosen = Params.from_json(params)
+    return "ingest" in engine.remote_stages and mode(chosen) == "image" and not chosen.auto
 
 
 def ingested_on_cluster(engine, params: dict, image: dict) -> bool:
@@ -43,9 +45,14 @@ def stage(engine, local: WorkArea, key: str, params: dict, ingested: list[dict],
     The engine stages what the task ingested into the local area (``engine.stage``: the Hadoop
     engine uploads each image's folder on its own, beside those the cluster ingested into the run's
     HDFS work area, which stay); with a shared palette, the palette unit alone (the images' own
-    files stay local, where reconstruction reads them).
+    files stay local, where reconstruction reads them). With ``k`` "auto", nothing: the search
+    stages each of its rounds (kmeans_ops.search), and the local area is returned.
     """
     from .palette import unit_area
+    from .params import Params
+
+    if Params.from_json(params).auto:
+        return local, []
 
     on_cluster = [r["image_id"] for r in ingested if ingested_on_cluster(engine, params, r)]
     return engine.stage(unit_area(local, unit) if unit else local, key), on_cluster

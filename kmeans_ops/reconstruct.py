@@ -325,7 +325,9 @@ def reconstruct_batch(images: list[dict], area_of, staging: str, final: str, ext
     ``staging`` may be on HDFS (an ``hdfs://`` output): each image's files are then written into a
     local temporary folder and uploaded there.
     ``options``: keywords of :func:`finish` for every image (``labels``, ``dither``,
-    ``palette_unit``). A failure is reported for its image; the rest of the batch goes on.
+    ``palette_unit``); an image's own ``palette_unit`` and ``quality`` (k "auto": its chosen
+    candidate unit and the search's record, kmeans_ops.search) replace the batch's. A failure is
+    reported for its image; the rest of the batch goes on.
     """
     import time
 
@@ -340,8 +342,10 @@ def reconstruct_batch(images: list[dict], area_of, staging: str, final: str, ext
         try:
             with fs.working_copy(staging) as folder:  # on HDFS: written locally, then uploaded
                 local = os.path.join(folder, image["stem"])
+                own = {"palette_unit": image["palette_unit"]} if image.get("palette_unit") else {}
                 result = finish(area_of(image["image_id"]), image["image_id"], image, local + ".png", local + ".json",
-                                extra=extra, published_as=final, **(options or {}))
+                                extra={**extra, "quality": image["quality"]} if image.get("quality") else extra,
+                                published_as=final, **{**(options or {}), **own})
         except (InputError, OSError, RuntimeError) as err:  # RuntimeError: HDFS, fetching the image's files
             log.error("reconstruction of %s failed: %s", shown(image["stem"]), err)
             results.append({"ok": False, "stage": "reconstruct", "source": image["stem"], "error": str(err)})

@@ -158,7 +158,8 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
     validated = P.validate(k=conf["k"], init=init, seed=conf["seed"], max_iter=conf["max_iterations"],
                            delta=conf["delta"], palette=palette, labels=conf.get("labels", False),
                            dither=conf.get("dither", "none"), given=given, keep=keep,
-                           skip_if_larger=conf.get("skip_if_larger", False))
+                           skip_if_larger=conf.get("skip_if_larger", False), quality=conf.get("quality"),
+                           max_k=conf.get("max_k", P.DEFAULT_MAX_K_AUTO))
     paths = expand_inputs(inputs, allowed=roots)
     if not paths:
         raise InputError(", ".join(inputs), "no images found")

@@ -313,3 +313,25 @@ def search(local: WorkArea, image_ids: list[str], tables: dict, engine, params, 
 def infinite(psnr: float | None) -> float:
     """A PSNR as a number (None, an exact output, as +inf): for sorting and charts."""
     return math.inf if psnr is None else psnr
+
+
+def search_run(plan: dict, engine, say=None) -> dict:
+    """k auto in the DAG (its ``search`` task): :func:`search` for the run's images (``plan`` as
+    ``upload`` pushes it: ``images`` {id: stem}, ingested into ``local_work``), in batches of
+    ``batch_size``, each batch's candidates one job per iteration, as the CLI does. Returns the plan
+    with ``searched`` {image id: {"unit", "state", "quality"}} for the images with a chosen K (what
+    ``finals`` and ``reconstruct`` read), the others out of ``images`` and in ``failures`` (stage
+    "search", the one-line reason). RuntimeError (HDFS, a Hadoop job) ends the search."""
+    from .params import Params
+    from .run import batches
+    from .storage import read_json
+
+    params, local = Params.from_json(plan["params"]), WorkArea(plan["local_work"])
+    found = {}
+    for number, batch in enumerate(batches(list(plan["images"]), int(plan["batch_size"]))):
+        found.update(search(local, batch, {}, engine, params, f"{plan['key']}-{number}", say=say))
+    searched = {i: r for i, r in found.items() if "unit" in r}
+    failures = [{"source": read_json(local.meta(i))["source"], "error": r["error"], "stage": "search"}
+                for i, r in found.items() if "unit" not in r]
+    return {**plan, "searched": searched, "images": {i: s for i, s in plan["images"].items() if i in searched},
+            "failures": list(plan.get("failures") or []) + failures}

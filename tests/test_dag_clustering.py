@@ -45,9 +45,10 @@ def test_task_graph(airflow_db):
         assert dag.get_task(f"{group}.converge").upstream_task_ids == {f"{group}.mapreduce"}
         previous = "upload" if i == 1 else f"iteration_{i - 1:02d}.converge"
         assert dag.get_task(f"{group}.mapreduce").upstream_task_ids == {previous}  # the plan travels the chain
-    # no fan-out from upload into every iteration, no join from every iteration
-    assert dag.get_task("upload").downstream_task_ids == {"iteration_01.mapreduce"}
-    assert dag.get_task("finals").upstream_task_ids == {f"iteration_{bound:02d}.converge"}
+    # no fan-out from upload into every iteration, no join from every iteration; k auto: the search
+    # step instead of the iterations (skipped when k is given)
+    assert dag.get_task("upload").downstream_task_ids == {"iteration_01.mapreduce", "search"}
+    assert dag.get_task("finals").upstream_task_ids == {f"iteration_{bound:02d}.converge", "search"}
     assert dag.get_task("finals").trigger_rule == "none_failed"
     # mapped: ingest and reconstruct over batches of images, one MapReduce job per batch
     for task_id in ("ingest", "reconstruct", "iteration_01.mapreduce"):

@@ -306,3 +306,80 @@ def test_report_shows_chosen_k_its_chart_and_sizes(small_photos, tmp_path):
         assert f"K {c['k']}: {c['psnr']:.2f} dB" in page
     assert f"({auto['size_ratio']:.0%})" in page and "(auto)" in page
     assert "skipped: 4.9 kB &gt; input 4.0 kB" in page
+
+
+# ------------------------------------------------------------------------------ the DAG (dag.test)
+def _published(dag_run, output):
+    from kmeans_ops.run import run_key
+
+    return os.path.join(output, run_key(dag_run.run_id))
+
+
+def test_dag_auto_equals_the_cli_per_image(airflow_db, small_photos, tmp_path):
+    """k auto through the DAG: the search step instead of the iterations; each image's chosen K
+    (different ones here), centroids, PSNR and quality entry are the CLI's on the same images."""
+    from conftest import run_dag
+
+    conf = {"input": [str(small_photos)], "k": "auto", "quality": "28-32", "max_k": 48,
+            "output": str(tmp_path / "out")}
+    dag_run = run_dag("kmeans_image_clustering", conf)
+    assert dag_run.state == "success"
+    st = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert st["search"] == "success" and st["iteration_01.mapreduce"] == "skipped"
+    status, err = run_cli("quantize", small_photos, "-k", "auto", "--quality", "28-32", "--max-k", "48",
+                          "--out", tmp_path / "cli", "-q")
+    assert status == 0, err
+    folder, chosen = _published(dag_run, conf["output"]), set()
+    for stem in ("coffee", "rocket", "chelsea"):
+        dag_json, cli_json = _figures(folder, stem), _figures(tmp_path / "cli", stem)
+        for key in ("k", "k_requested", "iterations", "converged", "centroids_rgb", "psnr", "quality"):
+            assert dag_json[key] == cli_json[key], (stem, key)
+        assert np.array_equal(cv2.imread(os.path.join(folder, f"{stem}.png")), cv2.imread(str(tmp_path / "cli" / f"{stem}.png")))
+        chosen.add(dag_json["k"])
+    assert len(chosen) > 1  # the search chose different K for different images
+    assert "Quality search" in open(os.path.join(folder, "report.html"), encoding="utf-8").read()
+
+
+def test_dag_auto_refuses_an_image_below_min_and_publishes_the_others(airflow_db, small_photos, tmp_path):
+    from conftest import run_dag
+
+    conf = {"input": [str(small_photos / "coffee.png"), str(small_photos / "rocket.png")], "k": "auto",
+            "quality": "28-32", "max_k": 8, "output": str(tmp_path / "out")}
+    dag_run = run_dag("kmeans_image_clustering", conf)
+    assert dag_run.state == "success"
+    folder = _published(dag_run, conf["output"])
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".json")) == ["rocket.json", "summary.json"]
+    assert _figures(folder, "rocket")["k"] == 8
+    failures = json.load(open(os.path.join(folder, "summary.json")))["failures"]
+    assert [f["stage"] for f in failures] == ["search"] and failures[0]["source"].endswith("coffee.png")
+    line = failures[0]["error"]
+    assert "\n" not in line and "28 dB" in line and "32 dB" in line and "8 colours" in line
+
+
+@pytest.mark.parametrize("conf, words", [({"k": "auto"}, ["quality", "28-32"]),
+                                         ({"k": 8, "quality": "28-32"}, ["quality", "auto"]),
+                                         ({"k": "auto", "quality": "28-32", "palette": "run"}, ["auto", "palette"])])
+def test_dag_refuses_bad_auto_params_at_prepare_naming_them(airflow_db, small_photos, tmp_path, conf, words):
+    from kmeans_ops.params import ParamError
+    from kmeans_ops.run import plan
+
+    full = {"input": [str(small_photos)], "output": str(tmp_path / "out"), "init": "kmeans++", "seed": 0,
+            "max_iterations": 30, "delta": 0.5, "engine": "local", "batch_size": 8, **conf}
+    with pytest.raises(ParamError) as err:
+        plan(full, "manual__x", "kmeans_image_clustering")
+    assert all(word in str(err.value) for word in words)
+
+
+def test_auto_ingests_and_reconstructs_hdfs_images_in_the_task():
+    """With k auto the search reads every image from the local work area: no cluster stage."""
+    from kmeans_ops import placement
+
+    class Hadoopish:
+        remote_stages = ("ingest", "reconstruct")
+
+    fixed, auto = P.validate(k=8).to_json(), P.validate(k="auto", quality="28-32").to_json()
+    image = {"path": "hdfs://nn:8020/in/a.png"}
+    assert placement.ingested_on_cluster(Hadoopish(), fixed, image)
+    assert not placement.ingested_on_cluster(Hadoopish(), auto, image)
+    assert not placement.reconstructed_on_cluster(Hadoopish(), {"params": auto, "output": "hdfs://nn:8020/out",
+                                                                "on_cluster": []})

@@ -294,8 +294,9 @@ class KMeansReconstructOperator(EngineJobOperator):
         if unit and local:  # the shared palette's files, once for the batch (the images' own stayed local)
             engine.fetch(area, unit, plan["local_work"])
         work = WorkArea(plan["local_work"])
+        in_task = unit or plan.get("searched")  # a shared palette, or k auto: the files stayed local
         done = reconstruct_batch(
-            local, (lambda image_id: work) if unit else (lambda image_id: engine.fetch(area, image_id, work.root)),
+            local, (lambda image_id: work) if in_task else (lambda image_id: engine.fetch(area, image_id, work.root)),
             staging, final, extra, self.log, options) if local else []
         return job, {"done": done, "remote": [i["image_id"] for i in remote]}
 
@@ -311,6 +312,48 @@ class KMeansReconstructOperator(EngineJobOperator):
             self.log.info("reconstructed %s on the cluster: k=%s, PSNR %s dB, %.2f s -> %s", shown(r["stem"]),
                           r.get("k"), psnr, r.get("seconds") or 0.0, shown(r["json"]))
         return placement.interleave(self.batch, set(remote), result or [], done)
+
+
+class KMeansSearchOperator(BaseOperator):
+    """``k`` "auto": the quality search of the run's images (kmeans_ops.search.search_run), in place
+    of the iterations, which ``upload`` then skipped; skipped itself when K is given. Each batch's
+    candidates are iterated by one job of the engine per iteration, in this task (a Hadoop job is
+    waited for in the worker slot, not deferred). Pushes the plan (XCom ``plan``) with each image's
+    chosen candidate (``searched``) for ``finals``; an image that cannot reach MIN is moved to the
+    plan's failures (one line) and the others go on; fails when none can.
+
+    :param plan_from: the task whose XCom ``plan`` the search starts from (``upload``).
+    """
+
+    ui_color = "#ffe0c6"
+
+    def __init__(self, *, plan_from: str, **kwargs):
+        super().__init__(**kwargs)
+        self.plan_from = plan_from
+
+    def execute(self, context):
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from kmeans_ops.engines import get_engine
+        from kmeans_ops.params import Params
+        from kmeans_ops.search import search_run
+
+        plan = context["ti"].xcom_pull(task_ids=self.plan_from, key="plan")
+        if not Params.from_json(plan["params"]).auto:
+            raise AirflowSkipException("k is given: no quality search")
+        with one_line(self.log):
+            plan = search_run(plan, get_engine(plan["engine"]), say=self.log.info)
+        for f in plan["failures"]:
+            if f["stage"] == "search":
+                self.log.error("%s", f["error"])
+        if not plan["searched"]:
+            raise AirflowFailException("no image reaches the minimum quality: "
+                                       + "; ".join(f["error"] for f in plan["failures"] if f["stage"] == "search"))
+        for image_id, found in plan["searched"].items():
+            self.log.info("%s: k=%d chosen of %d K tried", plan["images"][image_id], found["quality"]["chosen_k"],
+                          len(found["quality"]["candidates"]))
+        context["ti"].xcom_push(key="plan", value=plan)
+        return {image_id: found["quality"]["chosen_k"] for image_id, found in plan["searched"].items()}
 
 
 #: XCom key of the exit decision, set by the iteration that exits.
