@@ -20,8 +20,6 @@ from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
-#: The Airflow connection of the REST API the publish task reads its run's task instances from.
-CONN_ID = "kmeans_airflow_api"
 PAGE = 100
 
 
@@ -66,15 +64,17 @@ def _via_connection(dag_id: str, run_id: str) -> list[dict] | None:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
+    from kmeans_ops.settings import API_CONN_ID
+
     try:
-        conn = Connection.get(CONN_ID)
+        conn = Connection.get(API_CONN_ID)
     except AirflowNotFoundException:
         return None
     base = f"{conn.schema or 'http'}://{conn.host}{f':{conn.port}' if conn.port else ''}".rstrip("/")
     try:
         return via_api(base, api_token(base, conn.login, conn.password), dag_id, run_id)
     except (OSError, ValueError, KeyError) as err:  # no API server (dags test), refused credentials
-        log.info("task instances not read from %s (%s): %s", base, CONN_ID, err)
+        log.info("task instances not read from %s (%s): %s", base, API_CONN_ID, err)
         return None
 
 
