@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bench_scheduler import busy_seconds, request, stamp, standalone  # noqa: E402
+from bench_scheduler import request, stamp, standalone  # noqa: E402
+from kmeans_ops.stagetimes import union_seconds  # noqa: E402
 
 DAG = "kmeans_image_clustering"
 READ_LINE = re.compile(r"HDFS bytes read by this task: (\d+)")
@@ -90,7 +91,7 @@ def main() -> None:
         read = sum(int(m) for path in glob.glob(os.path.join(home, "logs", "**", "*.log"), recursive=True)
                    for m in READ_LINE.findall(open(path, errors="replace").read()))
         print(f"run {state}: {wall:.0f} s from trigger to {state}, {wall / args.images:.2f} s per image")
-        print(f"task instances: {len(tis)} ({len(ran)} ran); tasks running {busy_seconds([(stamp(t['start_date']), stamp(t['end_date'])) for t in ran]):.0f} s")
+        print(f"task instances: {len(tis)} ({len(ran)} ran); tasks running {union_seconds([(stamp(t['start_date']), stamp(t['end_date'])) for t in ran]):.0f} s")
         print(f"HDFS bytes read by the Airflow tasks: {read / 1e6:.2f} MB = {100 * read / image_bytes:.1f}% of the "
               f"images' {image_bytes / 1e6:.2f} MB")
     finally:

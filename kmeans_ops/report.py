@@ -287,16 +287,17 @@ def _elapsed(started, finished) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _stage_pairs(stages) -> list[tuple[str, float | None]]:
-    """``[[name, seconds], ...]`` as ``(name, seconds or None)``; malformed entries are dropped."""
+def _stage_entries(stages) -> list[tuple[str, float | None, float | None, float | None]]:
+    """``[[name, seconds], ...]`` or ``[[name, seconds, waiting, running], ...]`` as ``(name,
+    seconds, waiting, running)``, unknown or negative values None; malformed entries are dropped."""
     if not isinstance(stages, (list, tuple)):
         return []
-    pairs = []
+    entries = []
     for entry in stages:
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] not in (None, ""):
-            seconds = _num(entry[1])
-            pairs.append((_line(entry[0]), seconds if seconds is None or seconds >= 0 else None))
-    return pairs
+        if isinstance(entry, (list, tuple)) and len(entry) in (2, 4) and entry[0] not in (None, ""):
+            values = [_num(v) for v in entry[1:]] + [None] * (4 - len(entry))
+            entries.append((_line(entry[0]), *(v if v is None or v >= 0 else None for v in values)))
+    return entries
 
 
 def run_times(run: dict) -> dict:
@@ -306,27 +307,32 @@ def run_times(run: dict) -> dict:
     ``started`` to ``finished``; never a sum of per-image times. ``stages`` (``[[name, seconds],
     ...]`` in pipeline order) become rows with their share of the total (of the stages' sum when the
     total is unknown or smaller); the wall time not spent in any stage (scheduling, waiting) is a
-    row of its own. Unknown values read "not recorded".
+    row of its own. A stage given as ``[name, seconds, waiting, running]`` (from the run's task
+    instances, kmeans_ops.stagetimes) also shows its waiting and running time (``split``: some
+    stage has them). Unknown values read "not recorded".
     """
     total, note = _num(run.get("wall_seconds")), "wall clock, from the run's start to publication"
     if total is None or total < 0:
         total, note = _elapsed(run.get("started"), run.get("finished")), "wall clock, from started to finished"
     if total is None:
         note = ""
-    pairs = _stage_pairs(run.get("stages"))
-    staged = sum(s for _, s in pairs if s is not None)
-    rows = [{"name": name, "seconds": s, "text": duration(s) if s is not None else NOT_RECORDED, "other": False}
-            for name, s in pairs]
+    entries = _stage_entries(run.get("stages"))
+    staged = sum(s for _, s, _, _ in entries if s is not None)
+    rows = [{"name": name, "seconds": s, "text": duration(s) if s is not None else NOT_RECORDED, "other": False,
+             "waiting": duration(waiting), "running": duration(running)}
+            for name, s, waiting, running in entries]
     if rows and total is not None and total - staged > 0.005 * total:
         rows.append({"name": "outside the stages (scheduling, waiting)", "seconds": total - staged,
-                     "text": duration(total - staged), "other": True})
+                     "text": duration(total - staged), "other": True, "waiting": duration(total - staged),
+                     "running": duration(None)})
     base = total if total is not None and total >= staged else staged
     for row in rows:
         share = 100 * row["seconds"] / base if base and row["seconds"] is not None else None
         row["share"] = "" if share is None else f"{share:.0f} %"
         row["width"] = "0" if share is None else f"{share:.2f}"
+    split = any(waiting is not None or running is not None for _, _, waiting, running in entries)
     return {"total": total, "text": duration(total) if total is not None else NOT_RECORDED, "note": note,
-            "stages": rows}
+            "stages": rows, "split": split}
 
 
 # --------------------------------------------------------------------------------------------

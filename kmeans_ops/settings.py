@@ -40,7 +40,9 @@ JAVA_HOME                   the JDK of the Hadoop client                   from 
 =========================== ============================================== ===========================
 
 Airflow Variables (Admin -> Variables, or ``AIRFLOW_VAR_<NAME>``): ``kmeans_allowed_roots``,
-``kmeans_landing_roots``, ``kmeans_nightly_defaults``, ``kmeans_ledger_path``.
+``kmeans_landing_roots``, ``kmeans_nightly_defaults``, ``kmeans_ledger_path``. Airflow connection
+``kmeans_airflow_api`` (``AIRFLOW_CONN_KMEANS_AIRFLOW_API``): the REST API the publish task reads
+its run's task instances from, for the report's waiting and running per stage.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ VAR_ALLOWED_ROOTS = "kmeans_allowed_roots"
 VAR_LANDING_ROOTS = "kmeans_landing_roots"
 VAR_NIGHTLY_DEFAULTS = "kmeans_nightly_defaults"
 VAR_LEDGER = "kmeans_ledger_path"
+#: The Airflow connection (http: host, port, login, password of a read-only user) of the REST API
+#: the publish task reads its run's task instances from (kmeans_plugin.timings).
+API_CONN_ID = "kmeans_airflow_api"
 
 
 class SettingError(ValueError):

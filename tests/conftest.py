@@ -108,3 +108,29 @@ def run_dag(dag_id: str, conf: dict):
     """Run a whole DAG in this process with Airflow's dag.test(); returns the DagRun."""
     dag = load_dag(dag_id)
     return dag.test(run_conf=conf)
+
+
+#: The stages of a kmeans_image_clustering run, as the report's time per stage names them.
+RUN_STAGES = ["prepare", "ingest", "upload", "iterations", "finals", "reconstruct", "publish"]
+
+
+def check_time_per_stage(folder: str) -> list:
+    """A published run's time per stage comes from its task instances: every stage of the pipeline,
+    in order, with waiting >= 0 and running > 0 adding up to its span, the spans to the run's wall
+    time; the report's table shows both columns. Returns summary.json's stages."""
+    import json
+    import re
+
+    run = json.load(open(os.path.join(folder, "summary.json")))["run"]
+    stages = run["stages"]
+    assert [s[0] for s in stages] == RUN_STAGES
+    for name, seconds, waiting, running in stages:
+        assert waiting >= 0 and running > 0, (name, waiting, running)
+        assert abs(waiting + running - seconds) < 1e-6, name
+    assert abs(sum(s[1] for s in stages) - run["wall_seconds"]) < 0.05
+    html = open(os.path.join(folder, "report.html"), encoding="utf-8").read()
+    table = html[html.index('<table class="stages">'):]
+    table = table[:table.index("</table>")]
+    assert re.search(r"<th>Stage</th><th class=n>Time</th><th class=n>Waiting</th><th class=n>Running</th>", table)
+    assert all(f"<td>{name}</td>" in table for name in RUN_STAGES)
+    return stages

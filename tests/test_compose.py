@@ -228,6 +228,11 @@ def test_airflow_services_share_the_settings(compose, env_conf):
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False", name
         # short tasks: the same scheduler settings as bin/airflow; no raised max_map_length needed
         assert float(env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]) < 1, name
+        assert float(env["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"]) >= 300, name
+        # the report's task instances: a read-only user of the API server, by the connection's login
+        report = json.loads(env["AIRFLOW_CONN_KMEANS_AIRFLOW_API"])
+        assert (report["host"], report["port"]) == ("airflow-apiserver", 8080), name
+        assert f"{report['login']}:viewer" in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","), name
         assert "AIRFLOW__CORE__MAX_MAP_LENGTH" not in env, name
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"], name
         api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
@@ -432,3 +437,19 @@ def test_airflow_image_installs_the_wheel():
     assert re.search(r'pip install .*kmeans_colours-\*\.whl\)\[airflow\]"', final)
     assert "-c /tmp/kmeans-requirements/constraints.txt" in final
     assert not re.search(r"^COPY (?!--from)\S*(kmeans_ops|plugins|dags)", final, re.M)
+
+
+def test_airflow_init_sets_the_report_users_password(tmp_path):
+    """deploy/airflow-init.sh's password file: the admin's password, and for the report's read-only
+    user the password of its connection (AIRFLOW_CONN_KMEANS_AIRFLOW_API), so the publish task can
+    sign in. Its Python part, run as the script runs it."""
+
+    script = open(os.path.join(ROOT, "deploy", "airflow-init.sh"), encoding="utf-8").read()
+    code = re.search(r"<<'PY'\n(.*?)\nPY\n", script, re.S).group(1)
+    env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "airflow:admin,kmeans_report:viewer",
+           "_AIRFLOW_WWW_USER_PASSWORD": "secret-admin",
+           "AIRFLOW_CONN_KMEANS_AIRFLOW_API": json.dumps({"conn_type": "http", "login": "kmeans_report",
+                                                          "password": "secret-report"})}
+    target = tmp_path / "passwords.json"
+    subprocess.run([sys.executable, "-", str(target)], input=code, text=True, env=env, check=True, capture_output=True)
+    assert json.loads(target.read_text()) == {"airflow": "secret-admin", "kmeans_report": "secret-report"}

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_dag, photo_bgr, run_cli, run_dag
+from conftest import ROOT, check_time_per_stage, load_dag, photo_bgr, run_cli, run_dag
 
 DAG_ID = "kmeans_image_clustering"
 
@@ -136,6 +136,8 @@ def test_run_equals_cli_and_reports_the_bad_image(airflow_db, inputs, tmp_path):
     assert [f["source"] for f in summary["failures"]] == [str(inputs / "broken.jpg")]
     report = open(os.path.join(folder, "report.html"), encoding="utf-8").read()
     assert "broken.jpg" in report and "china" in report
+    # time per stage from the run's task instances (dag.test: read from the metadata DB)
+    check_time_per_stage(folder)
     # the work area is cleaned up once published
     from kmeans_ops.run import run_key
 

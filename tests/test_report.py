@@ -851,3 +851,46 @@ def test_report_of_failures_only_has_no_chart(tmp_path):
     page = parse(text)
     assert "<svg" not in text and page.sections == [] and "No image was processed." in plain(page)
     assert_self_contained(text)
+
+
+def test_stage_breakdown_from_task_instances():
+    """Stages from task instances' own timestamps: each span from the stage before to its last end,
+    running the union of its tasks' runs (parallel batches count once), waiting the rest; skipped
+    iterations and cleanup left out; a task still running ends now."""
+    from kmeans_ops.stagetimes import breakdown
+
+    def ti(task_id, scheduled, queued, start, end, state="success", map_index=-1):
+        return {"task_id": task_id, "map_index": map_index, "state": state, "scheduled": scheduled,
+                "queued": queued, "start": start, "end": end}
+
+    tis = [ti("prepare", 100.2, 100.3, 101.0, 101.5),
+           ti("ingest", 101.7, 101.8, 102.0, 104.0, map_index=0), ti("ingest", 101.7, 101.9, 103.0, 105.0, map_index=1),
+           ti("iteration_01.mapreduce", 105.3, 105.4, 105.5, 106.0), ti("iteration_01.converge", 106.2, 106.3, 106.5, 106.7),
+           ti("iteration_02.mapreduce", 106.8, None, 106.8, 106.8, state="skipped"),
+           ti("publish", 107.0, 107.1, 107.2, None), ti("cleanup", None, None, None, None, state=None)]
+    stages = {s["name"]: s for s in breakdown(tis, started=100.0, now=108.0)}
+    assert list(stages) == ["prepare", "ingest", "iterations", "publish"]
+    assert stages["prepare"]["seconds"] == pytest.approx(1.5) and stages["prepare"]["running"] == pytest.approx(0.5)
+    assert stages["ingest"]["seconds"] == pytest.approx(3.5) and stages["ingest"]["running"] == pytest.approx(3.0)
+    assert stages["ingest"]["tasks"] == 2 and stages["ingest"]["queued_to_start"] == pytest.approx(0.2 + 1.1)
+    assert stages["iterations"]["tasks"] == 2 and stages["iterations"]["running"] == pytest.approx(0.7)
+    assert stages["iterations"]["scheduled_to_queued"] == pytest.approx(0.2)
+    assert stages["publish"]["seconds"] == pytest.approx(1.3) and stages["publish"]["running"] == pytest.approx(0.8)
+    for s in stages.values():
+        assert s["waiting"] + s["running"] == pytest.approx(s["seconds"]) and s["waiting"] >= 0
+    assert sum(s["seconds"] for s in stages.values()) == pytest.approx(8.0)
+
+
+def test_time_per_stage_with_waiting_and_running(cli_run, tmp_path):
+    """Stages with their waiting and running (from task instances) get two more columns; a stage
+    without them reads —."""
+    _, results, _ = cli_run
+    path = tmp_path / "r.html"
+    stages = [["prepare", 1.5, 1.0, 0.5], ["iterations", 6.0, 2.5, 3.5], ["publish", 0.5]]
+    write_report(str(path), results, [], dict(RUN, wall_seconds=8.0, stages=stages))
+    text = path.read_text(encoding="utf-8")
+    rows, _ = table_rows(text, "stages")
+    assert rows[0] == ["Stage", "Time", "Waiting", "Running", "Share of the total"]
+    assert rows[1:] == [["prepare", "1.50 s", "1.00 s", "0.50 s", "19 %"], ["iterations", "6.00 s", "2.50 s", "3.50 s", "75 %"],
+                        ["publish", "0.50 s", "—", "—", "6 %"]]
+    assert "Waiting: no task of the stage running" in plain(parse(text))

@@ -1,6 +1,7 @@
 """`bin/airflow standalone` as a user runs it: it comes up healthy, a run of kmeans_image_clustering
-triggered through the REST API completes under the real scheduler (LocalExecutor) with its note
-and its Report link, and Ctrl+C (SIGINT) or SIGTERM leaves nothing running."""
+triggered through the REST API completes under the real scheduler (LocalExecutor) with its note,
+its Report link and the report's waiting and running per stage, and Ctrl+C (SIGINT) or SIGTERM
+leaves nothing running."""
 
 import json
 import os
@@ -13,7 +14,7 @@ from urllib.parse import quote
 
 import cv2
 
-from conftest import ROOT, photo_bgr
+from conftest import ROOT, check_time_per_stage, photo_bgr
 
 
 def free_port() -> int:
@@ -119,6 +120,9 @@ def test_a_run_through_the_rest_api_under_the_scheduler_then_ctrl_c(tmp_path):
         assert final["note"].startswith(("Converged at iteration", "Stopped at iteration")) and "2 image(s)" in final["note"]
         assert sorted(os.listdir(tmp_path / "out" / "latest")) == [
             "coffee.json", "coffee.png", "report.html", "rocket.json", "rocket.png", "summary.json"]
+        # the report's waiting and running per stage: the publish task read the run's task
+        # instances through the REST API (a worker may not read the metadata DB)
+        check_time_per_stage(str(tmp_path / "out" / "latest"))
         report = request(f"{runs}/taskInstances/publish/links", token)["extra_links"]["Report"]
         assert report.endswith("/report.html") and report.startswith("/kmeans/runs/")
         stops_completely(server, signal.SIGINT, 130)

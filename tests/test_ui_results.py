@@ -493,7 +493,11 @@ def test_publish_operator_publishes_links_its_report_and_sets_the_asset_event(si
     assert len(summary["images"]) == 2 and summary["failures"] == []  # two mapped tasks' lists, flattened
     assert (summary["run"]["dag_id"], summary["run"]["run_id"]) == (TEST_DAG, run)
     assert summary["run"]["wall_seconds"] > 0
-    assert [stage for stage, _ in summary["run"]["stages"]] == ["prepare", "reconstruct"]
+    # the time per stage from the run's task instances: one stage per task of the test DAG, with
+    # its waiting and running
+    stages = summary["run"]["stages"]
+    assert [stage[0] for stage in stages] == ["prepare", "images", "quantize", "publish"]
+    assert all(len(stage) == 4 and stage[2] >= 0 and stage[3] > 0 for stage in stages), stages
     events = site.api(f"/api/v2/assets/events?source_dag_id={TEST_DAG}&source_run_id={quote(run, safe='')}")
     assert [e["extra"] for e in events["asset_events"]] == [{"folder": folder, "run_id": run}]
 

@@ -481,12 +481,19 @@ class PublishOperator(BaseOperator):
         first = [[marks[0][0], marks[0][1] - started]] if marks and started is not None else []
         return first + [[name, end - start] for (_, start), (name, end) in zip(marks, marks[1:])]
 
-    def run_info(self, started: float | None, now: float) -> dict:
+    def run_info(self, started: float | None, now: float, task_instances: list[dict] | None = None) -> dict:
         """The run's description for summary.json and the report: ids, engine, params, output, its
-        wall time so far and, with a timeline, the seconds of each stage."""
+        wall time so far and the seconds of each stage: from the run's task instances
+        (``[stage, seconds, waiting, running]``, kmeans_ops.stagetimes) when they could be read,
+        else from the plan's timeline (``[stage, seconds]``)."""
+        from kmeans_ops.stagetimes import breakdown
+
         info = {key: self.plan[key] for key in ("run_id", "dag_id", "engine", "params", "output")}
         info["wall_seconds"] = now - started if started is not None else None
-        if self.plan.get("timeline"):
+        if task_instances and started is not None:
+            info["stages"] = [[s["name"], s["seconds"], s["waiting"], s["running"]]
+                              for s in breakdown(task_instances, started, now)]
+        elif self.plan.get("timeline"):
             info["stages"] = self.stages(list(self.plan["timeline"]) + [["reconstruct", now]], started)
         return info
 
@@ -509,8 +516,11 @@ class PublishOperator(BaseOperator):
                 self.log.info("already published: %s", final)  # a cleared and re-run publish
             else:
                 figures = [{**self.figures_of(r), "seconds": r.get("seconds")} for r in results if r["ok"]]
+                from kmeans_plugin.timings import run_task_instances
+
                 started = context["dag_run"].start_date
-                info = self.run_info(started.timestamp() if started else None, time.time())
+                tis = run_task_instances(plan["dag_id"], plan["run_id"])
+                info = self.run_info(started.timestamp() if started else None, time.time(), tis)
                 publish(plan["output"], plan["key"], figures, failures, info,
                         replace=bool(plan.get("replace_published")))
         except PublishError as err:
