@@ -528,7 +528,7 @@ def centroids_file(folder, extra: bytes = b"") -> str:
 
 
 @pytest.mark.parametrize("extra,why", [
-    (b"img\tC 2 {s} 1 2\n", "expected '<image id>\\tM <mean B> <mean G> <mean R>' or "
+    (b"img\tC 2 {s} 1 2\n", "expected '<image id>\\tM <mean B> <mean G> <mean R> [<pinned>]' or "
                              "'<image id>\\tC <cluster> <B> <G> <R>'"),
     (b"{s}\n", "expected '<image id>\\tM"),
     (b"img\tX {s}\n", "expected '<image id>\\tM"),
