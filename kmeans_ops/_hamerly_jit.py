@@ -1,19 +1,29 @@
-"""The compiled loops of kmeans_ops.hamerly (Numba): one pass over the colours per iteration.
+"""The compiled loops of kmeans_ops.hamerly (Numba): per iteration, a screen now and then and a
+pass over the candidates it found.
 
-Each loop does, per colour, what the NumPy version does with whole-array operations, without the
-temporary arrays: the bounds test, the exact distance to the own centroid, and for the colours
-whose bounds still fail all K distances, in the exact form sum (x - c)^2. They keep one more
-bound than NumPy's Hamerly: the runner-up (second nearest) centroid ``runner_up`` with its own
-lower bound, which shrinks by that centroid's shift only, while the lower bound of the others
-(from the third nearest) shrinks by the largest shift of the centroids but the own one. A colour
-near the boundary of its two nearest clusters is then recomputed only when those two clusters
-move, not whenever any centroid does. The kernel that decides
-labels everywhere else (kmeans_ops.mapreduce.nearest_two, BLAS's ||c||^2 - 2 x.c, first minimum
-on a tie) can differ from that form in the last bits, so a colour whose two nearest squared
-distances are within ``tie`` of each other is not decided here: its index is returned and the
-caller runs it through nearest_two. Everywhere else both forms certainly agree (their rounding
-errors are about 1e-10, ``tie`` is 1e-6). Sums move by exact integers (weights x colours). Labels
-are int16 and gaps float32, rounded down when stored (kmeans_ops.hamerly.LABEL, GAP).
+- ``screen``: one tight, branch-free pass over the stored bounds of every colour that lists the
+  colours whose bounds may fail before the thresholds reach the limits it is given (a few
+  nanoseconds per colour); until then the other colours are not looked at.
+- ``step``: per candidate what the NumPy version does with whole-array operations, without the
+  temporary arrays: the bounds test, the exact distances to the own centroid and to the runner-up,
+  and for the colours whose bounds still fail all K distances, in the exact form sum (x - c)^2.
+
+They keep one more bound than NumPy's Hamerly: the runner-up (second nearest) centroid
+``runner_up`` with its own lower bound, which shrinks by that centroid's shift only, while the
+lower bound of the others (from the third nearest) shrinks by the largest shift of the centroids
+but the own one. A colour near the boundary of its two nearest clusters is then recomputed only
+when those two clusters move, not whenever any centroid does. The kernel that decides labels
+everywhere else (kmeans_ops.mapreduce.nearest_two, BLAS's ||c||^2 - 2 x.c, first minimum on a tie)
+can differ from that form in the last bits, so a colour whose two nearest squared distances are
+within ``tie`` of each other is not decided here: its index is returned and the caller runs it
+through nearest_two. Everywhere else both forms certainly agree (their rounding errors are about
+1e-10, ``tie`` is 1e-6). Sums move by exact integers (weights x colours). Labels are int16 and
+gaps float32, rounded down when stored (kmeans_ops.hamerly.LABEL, GAP).
+
+What made them fast, measured by bench/bench_core.py: no function call per colour (Numba passes
+arrays to a call by reference counts), no libm call to round a gap down, indices as ``intp`` (no
+test for negative ones), the screen's list written without a branch, and one screen buffer per
+run (a new one costs its page faults at every screen).
 
 Compiled on first use and cached beside the module (``cache=True``).
 """
@@ -29,11 +39,10 @@ CHUNK = 8192
 
 @njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _down(x):  # pragma: no cover
-    """``x`` as float32, rounded down (the gaps are stored in float32: a smaller gap is still a bound)."""
-    stored = np.float32(x)
-    if stored > x:
-        stored = np.nextafter(stored, np.float32(-np.inf))
-    return stored
+    """``x`` as a float32 no larger than ``x`` (the gaps are stored in float32: a smaller gap is still
+    a bound). Lowered by a relative 1.2e-7 before rounding to nearest, whose error is at most 6e-8:
+    no branch and no call, the loops store two gaps per visited colour."""
+    return np.float32(x - abs(x) * 1.2e-7 - 1e-30)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -89,13 +98,29 @@ def _start(lo, hi, centred_t, c, weighted_t, weights, weighted_sq, labels, upper
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights, weighted_sq, labels,
-          upper, gap, runner_up, gap_runner_up, sums, cluster_weights, square_sums, ties, margin,
-          tie):  # pragma: no cover
-    tightened = recomputed = n_ties = 0
+def _screen(lo, hi, labels, runner_up, gap, gap_runner_up, limit, drift_limit, margin, screened):  # pragma: no cover
+    """Write from ``screened[lo]`` on the colours ``lo``..``hi`` whose bounds may fail before a
+    threshold passes ``limit`` or a drift ``drift_limit`` (a tight loop: no other work)."""
+    n_screened = 0
     for i in range(lo, hi):
-        a = labels[i]
-        b = runner_up[i]
+        # (b = -1, no runner-up: reads drift_limit[0], a number the mask then ignores)
+        a, b = np.intp(labels[i]), np.intp(runner_up[i])
+        near = b if b >= 0 else 0
+        screened[lo + n_screened] = i  # kept if counted: no branch to mispredict
+        n_screened += (gap[i] <= limit[a]) | ((b >= 0) & (gap_runner_up[i] <= drift_limit[a] + drift_limit[near] + margin))
+    return n_screened
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _step(lo, hi, candidates, centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights, weighted_sq,
+          labels, upper, gap, runner_up, gap_runner_up, sums, cluster_weights, square_sums, ties, margin,
+          tie):  # pragma: no cover
+    """The colours ``candidates[lo:hi]`` of one iteration: bounds tested, own distance, all K."""
+    tightened = recomputed = n_ties = 0
+    for p in range(lo, hi):
+        i = candidates[p]
+        a = np.intp(labels[i])
+        b = np.intp(runner_up[i])
         if gap[i] > threshold[a] and (b < 0 or gap_runner_up[i] > drift[a] + drift[b] + margin):
             continue
         x0, x1, x2 = centred_t[0, i], centred_t[1, i], centred_t[2, i]
@@ -103,8 +128,11 @@ def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weigh
         own = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
         apart = separation[a] - own  # a bound on the distance to every other centroid
         rest = max(gap[i] + upper[i] - lower_drift[a], apart)
-        near = max(gap_runner_up[i] + upper[i] - drift[b], apart) if b >= 0 else np.inf
-        if own + margin < min(rest, near):
+        near = np.inf
+        if b >= 0:  # the exact distance to the runner-up too: one more distance, its bound made tight
+            e0, e1, e2 = x0 - c[b, 0], x1 - c[b, 1], x2 - c[b, 2]
+            near = np.sqrt(e0 * e0 + e1 * e1 + e2 * e2)
+        if own + margin < min(rest, near):  # two distances are enough: bounds tightened
             upper[i] = own - drift[a]
             gap[i] = _down(rest + lower_drift[a] - upper[i])
             if b >= 0:
@@ -112,7 +140,7 @@ def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weigh
             tightened += 1
             continue
         best, second, third, label, runner = _three(x0, x1, x2, c)
-        if second - best <= tie:
+        if second - best <= tie:  # left to the caller
             ties[lo + n_ties] = i
             n_ties += 1
             continue
@@ -130,7 +158,7 @@ def _step(lo, hi, centred_t, c, separation, threshold, drift, lower_drift, weigh
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _gather_ties(ties, counts):  # pragma: no cover
-    """Move each chunk's ties (written from the chunk's first index) to the front of ``ties``."""
+    """Move each chunk's entries of ``ties`` (written from the chunk's first index) to its front."""
     n_ties = 0
     for chunk in range(len(counts)):
         lo = chunk * CHUNK
@@ -163,21 +191,36 @@ def start(centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, ru
 
 
 @njit(cache=True, nogil=True, boundscheck=False, parallel=True)
-def step(centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights, weighted_sq, labels, upper, gap,
-         runner_up, gap_runner_up, sums, cluster_weights, square_sums, ties, margin, tie):  # pragma: no cover
-    """One iteration's map over the stored bounds (see kmeans_ops.hamerly.step), chunks of colours
-    in parallel threads; returns (colours tightened, colours recomputed, colours left at the front
-    of ``ties``: still to be recomputed by the caller)."""
-    n, k = centred_t.shape[1], c.shape[0]
+def screen(labels, runner_up, gap, gap_runner_up, limit, drift_limit, margin, screened):  # pragma: no cover
+    """The colours whose bounds may fail before a threshold passes ``limit`` or a drift
+    ``drift_limit``, at the front of ``screened`` (in order); returns how many."""
+    n = len(labels)
+    chunks = (n + CHUNK - 1) // CHUNK
+    counts = np.zeros(chunks, np.int64)
+    for chunk in prange(chunks):
+        lo = chunk * CHUNK
+        counts[chunk] = _screen(lo, min(lo + CHUNK, n), labels, runner_up, gap, gap_runner_up, limit, drift_limit,
+                                margin, screened)
+    return _gather_ties(screened, counts)
+
+
+@njit(cache=True, nogil=True, boundscheck=False, parallel=True)
+def step(candidates, centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights, weighted_sq, labels,
+         upper, gap, runner_up, gap_runner_up, sums, cluster_weights, square_sums, ties, margin,
+         tie):  # pragma: no cover
+    """One iteration's map over the stored bounds of the ``candidates`` (see
+    kmeans_ops.hamerly.step), chunks in parallel threads; returns (colours tightened, colours
+    recomputed, colours left at the front of ``ties``: still to be recomputed by the caller)."""
+    n, k = len(candidates), c.shape[0]
     chunks = (n + CHUNK - 1) // CHUNK
     part_sums, part_weights, part_squares = np.zeros((chunks, k, 3)), np.zeros((chunks, k)), np.zeros((chunks, k))
     counts = np.zeros((chunks, 3), np.int64)
     for chunk in prange(chunks):
         lo = chunk * CHUNK
         tightened, recomputed, n_ties = _step(
-            lo, min(lo + CHUNK, n), centred_t, c, separation, threshold, drift, lower_drift, weighted_t, weights,
-            weighted_sq, labels, upper, gap, runner_up, gap_runner_up, part_sums[chunk], part_weights[chunk],
-            part_squares[chunk], ties, margin, tie)
+            lo, min(lo + CHUNK, n), candidates, centred_t, c, separation, threshold, drift, lower_drift, weighted_t,
+            weights, weighted_sq, labels, upper, gap, runner_up, gap_runner_up, part_sums[chunk],
+            part_weights[chunk], part_squares[chunk], ties, margin, tie)
         counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = tightened, recomputed, n_ties
     for chunk in range(chunks):
         sums += part_sums[chunk]

@@ -98,6 +98,12 @@ def _kernels():
 MARGIN = 1e-3
 #: A screen keeps the candidates whose gap is within this many times the last growth of the threshold.
 SLACK = 4.0
+#: The compiled loops' screen (a pass of a few nanoseconds per colour, so they screen often and
+#: keep few candidates): per cluster, this many times the last growth of its threshold (of its
+#: drift for the runner-up bounds), at least SCREEN_FLOOR times the largest growth. Chosen by
+#: bench/bench_core.py's kernel figure on a 12 MP photo (slack 1 to 4, floor 0.1 to 1: within 15%).
+SCREEN_SLACK = 1.0
+SCREEN_FLOOR = 0.1
 #: Screen again when the candidates are more than this share of the table.
 MAX_CANDIDATES = 0.25
 #: The compiled loops leave to nearest_two the colours whose two nearest squared distances are
@@ -133,6 +139,9 @@ class Bounds:
     gap_runner_up: np.ndarray | None = None  # (n,) its lower bound + drift[runner_up] - upper
     candidates: np.ndarray | None = None  # colours that may fail before a threshold passes limit
     limit: np.ndarray | None = None  # (K,) the thresholds the candidates were screened for
+    drift_limit: np.ndarray | None = None  # (K,) compiled loops: the drifts the candidates were screened for
+    screened: np.ndarray | None = None  # (n,) int32 compiled loops: the buffer the candidates are screened into
+    screens: int = 0  # compiled loops: passes over every colour (each screens the candidates)
     recomputed: int = 0  # colours whose K distances the last step computed
     tightened: int = 0  # colours whose own distance only the last step computed
 
@@ -146,7 +155,8 @@ class Bounds:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.labels, self.upper, self.gap, self.runner_up, self.gap_runner_up,
-                                      self.candidates) if a is not None)
+                                      self.screened if self.screened is not None else self.candidates)
+                   if a is not None)
 
 
 def _cluster_sums(data: Block, labels: np.ndarray, index, k: int):
@@ -246,12 +256,25 @@ def step(data: Block, state: Bounds, centroids: np.ndarray, compiled: bool | Non
         loops = kernels or _kernels()
         if state.runner_up is None:  # bounds made by NumPy: no runner-up bound yet
             state.runner_up, state.gap_runner_up = np.full(len(state), -1, LABEL), np.empty(len(state), GAP)
-        state.candidates = None  # the loops change bounds outside the candidates of a NumPy screen
-        ties = np.empty(len(state), np.intp)
+        if state.candidates is not None and state.drift_limit is None:  # a NumPy screen: not valid here
+            state.candidates = None
+        screen = (state.candidates is None or (threshold > state.limit).any()
+                  or (state.drift > state.drift_limit).any() or len(state.candidates) > MAX_CANDIDATES * len(state))
+        if screen:  # one tight pass over every colour: the candidates until a limit is passed
+            growth = np.maximum(shift + other, SCREEN_FLOOR * float((shift + other).max()))
+            state.limit = threshold + SCREEN_SLACK * growth
+            state.drift_limit = state.drift + SCREEN_SLACK * np.maximum(shift, SCREEN_FLOOR * float(shift.max()))
+            if state.screened is None:  # one buffer per run: a new one costs its page faults at every screen
+                state.screened = np.empty(len(state), np.int32)
+            n_screened = loops.screen(state.labels, state.runner_up, state.gap, state.gap_runner_up, state.limit,
+                                      state.drift_limit, MARGIN, state.screened)
+            state.candidates = state.screened[:n_screened]
+            state.screens += 1
+        ties = np.empty(len(state.candidates), np.intp)
         state.tightened, state.recomputed, n_ties = loops.step(
-            data.centred_t, centroids - data.origin, separation(centroids), threshold, state.drift, state.lower_drift,
-            data.weighted_t, data.weights, data.weighted_sq, state.labels, state.upper, state.gap, state.runner_up,
-            state.gap_runner_up, state.sums, state.weights, state.square_sums, ties, MARGIN, TIE)
+            state.candidates, data.centred_t, centroids - data.origin, separation(centroids), threshold, state.drift,
+            state.lower_drift, data.weighted_t, data.weights, data.weighted_sq, state.labels, state.upper, state.gap,
+            state.runner_up, state.gap_runner_up, state.sums, state.weights, state.square_sums, ties, MARGIN, TIE)
         if n_ties:
             _recompute(data, state, centroids, ties[:n_ties].copy())
     else:
@@ -266,7 +289,7 @@ def _step_numpy(data: Block, state: Bounds, centroids: np.ndarray, threshold: np
         near = np.flatnonzero(state.runner_up >= 0)
         state.gap[near] = np.minimum(state.gap[near], rounded_down(
             state.gap_runner_up[near] - state.drift[state.runner_up[near]] + state.lower_drift[state.labels[near]]))
-        state.runner_up = state.gap_runner_up = state.candidates = None
+        state.runner_up = state.gap_runner_up = state.candidates = state.drift_limit = None
     if (state.candidates is None or (threshold > state.limit).any()
             or len(state.candidates) > MAX_CANDIDATES * len(state)):
         _screen(state, threshold, growth)
