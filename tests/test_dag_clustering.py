@@ -305,3 +305,19 @@ def test_invalid_params_are_refused(airflow_db, inputs, tmp_path, conf, word):
     assert done.returncode != 0
     assert "Invalid input for param" in done.stdout + done.stderr and word in done.stdout + done.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_hadoop_engine_runs_one_iteration_per_task():
+    """iterations_per_task applies to an engine whose jobs run in the task's process (the
+    embedded one); the Hadoop engine keeps one YARN job, one iteration, per task."""
+    from kmeans_ops.engines.hadoop import HadoopEngine
+    from kmeans_ops.engines.local import EmbeddedEngine
+    from kmeans_ops.run import group_iterations
+    from kmeans_plugin.operators import per_task_of
+
+    assert per_task_of({"iterations_per_task": 10}, EmbeddedEngine) == 10
+    assert per_task_of({"iterations_per_task": 10}, HadoopEngine) == 1
+    assert per_task_of({}, EmbeddedEngine) == 1  # a plan from before the param
+    assert list(group_iterations(1, 10, 30)) == list(range(1, 11))
+    assert list(group_iterations(3, 3, 7)) == [7] and list(group_iterations(4, 3, 7)) == []
+    assert list(group_iterations(5, 1, 30)) == [5]
