@@ -219,9 +219,9 @@ def kmeans_image_clustering():
     # skips every later group at once; finals follows the chain's end (trigger rule none_failed).
     for i in range(1, ITERATION_BOUND + 1):
         span = f"{(i - 1) * PER_TASK + 1}-{i * PER_TASK}" if PER_TASK > 1 else f"{i}"
-        tooltip = (f"Iteration group {i}: iterations (NN-1)*N+1..NN*N of N = iterations_per_task (default "
-                   f"{PER_TASK}: iterations {span}), iteration {i} with the Hadoop engine; map, combine, reduce "
-                   f"per iteration, then the convergence check")
+        tooltip = (f"Iteration group {i}: K-means iterations {span} at the default iterations_per_task {PER_TASK} "
+                   f"(N per task: iterations {i - 1}*N+1 to {i}*N; Hadoop engine or N=1: iteration {i}); map, "
+                   f"combine, reduce per iteration, then the convergence check")
         with TaskGroup(group_id=f"iteration_{i:02d}", tooltip=tooltip):
             mapreduce = KMeansIterationOperator.partial(
                 task_id="mapreduce", plan=step["plan"], iteration=i, retries=2, retry_delay=timedelta(seconds=10),
