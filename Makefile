@@ -24,6 +24,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml bin/setup-system
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	# The editable build leaves kmeans_colours.egg-info in the checkout: with the checkout on
+	# sys.path (bin/airflow's PYTHONPATH) it is a second copy of the distribution, whose
+	# airflow.plugins entry point registers the plugin again ("Plugin 'kmeans' already
+	# registered"). The installed metadata is the .dist-info in the venv.
+	rm -rf kmeans_colours.egg-info
 	touch $(STAMP)
 
 demo: setup

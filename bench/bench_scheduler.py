@@ -10,7 +10,9 @@ timestamps, as the report shows them) its span split into waiting (no task of th
 and running, with per task the mean scheduled -> queued and queued -> start; then the run's
 report's own stage table (summary.json), and the ratio to the CLI.
 
-Usage: .venv/bin/python bench/bench_scheduler.py [--keep]   (--keep: leave the work folder, logs)
+Usage: .venv/bin/python bench/bench_scheduler.py [--keep] [--iterations-per-task N]
+  --keep: leave the work folder, logs; --iterations-per-task N: the DAG param (default: the DAG's,
+  settings.KMEANS_ITERATIONS_PER_TASK)
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ def main() -> None:
     from kmeans_ops.samples import write_samples
 
     keep = "--keep" in sys.argv[1:]
+    extra = {}
+    if "--iterations-per-task" in sys.argv[1:]:
+        extra["iterations_per_task"] = int(sys.argv[sys.argv.index("--iterations-per-task") + 1])
     work = tempfile.mkdtemp(prefix="bench-scheduler-")
     photos = os.path.join(work, "photos")
     write_samples(photos)
@@ -128,7 +133,8 @@ def main() -> None:
                     os.path.join(work, "cli"), "-q"], check=True)
     cli = time.perf_counter() - started
 
-    print(f"6 sample photos, K={K}, LocalExecutor; load average before start: {os.getloadavg()[0]:.2f}")
+    print(f"6 sample photos, K={K}, LocalExecutor, iterations_per_task {extra.get('iterations_per_task', 'default')}; "
+          f"load average before start: {os.getloadavg()[0]:.2f}")
     print(f"CLI (python -m kmeans_ops quantize): {cli:.1f} s")
     up = time.perf_counter()
     server, api, token = standalone(work, {"AIRFLOW_VAR_KMEANS_ALLOWED_ROOTS": json.dumps([work])})
@@ -137,7 +143,7 @@ def main() -> None:
         dag = "kmeans_image_clustering"
         for title in ("first run after start", "warm run"):
             output = os.path.join(work, title.split()[0])
-            run, wall, tis = trigger_and_wait(api, token, dag, {"input": [photos], "k": K, "output": output})
+            run, wall, tis = trigger_and_wait(api, token, dag, {"input": [photos], "k": K, "output": output, **extra})
             show(title, run, wall, tis, cli, output)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:

@@ -10,8 +10,11 @@ from kmeans_ops import settings
 from kmeans_plugin.operators import (ConvergenceOperator, KMeansIngestOperator, KMeansIterationOperator,
                                      KMeansReconstructOperator, KMeansSearchOperator, PublishOperator)
 
-#: Parse-time number of iteration steps. The `max_iterations` param stops earlier, never later.
+#: Parse-time number of iteration groups. The `max_iterations` param stops earlier, never later.
 ITERATION_BOUND = settings.iteration_bound()
+#: Default K-means iterations per `mapreduce` task (embedded engine): group NN runs iterations
+#: (NN-1)*N+1..NN*N; a run uses as many groups as it needs, fewer than ITERATION_BOUND.
+PER_TASK = settings.iterations_per_task()
 DEFAULT_OUTPUT = settings.output_root()
 STEPS = ("mapreduce", "converge")  # the tasks of one iteration group
 RESULTS = Asset(name="kmeans_results", uri=f"file://{os.path.abspath(DEFAULT_OUTPUT)}")
@@ -26,15 +29,20 @@ in `<output>/<run key>/` (and `<output>/latest`).
 Pipeline: `prepare` (check params and paths, find images) -> `ingest` (mapped over batches of
 images, each labelled with its images: colour table, points and initial clusters files; with the
 Hadoop engine, images in HDFS by a job on the cluster) -> `upload` (to the run's work area) ->
-`iteration_NN`: `mapreduce`, one MapReduce job per batch of images still moving, then `converge`
-goes on to the next iteration or exits, skipping every later one (with `k` "auto", `search` instead
-of the iterations: per image the fewest colours reaching `quality`) -> `finals` -> `reconstruct`
+`iteration_NN`, a group of iterations: `mapreduce`, one task per batch of images still moving,
+then `converge` goes on to the next group or exits, skipping every later one (with `k` "auto",
+`search` instead of the iterations: per image the fewest colours reaching `quality`) -> `finals` -> `reconstruct`
 (mapped over batches) -> `publish` (**Report** link) -> `cleanup`. With deferrable operators
 (`AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true` and a triggerer), a task waiting on YARN defers and
 holds no worker slot.
 
-Up to {ITERATION_BOUND} iterations (parse-time bound); `max_iterations` stops earlier; the run's
-note says which iteration exited. A bad image is reported and the others go on; a run where every
+**Groups of iterations.** With the embedded engine one `mapreduce` task runs `iterations_per_task`
+(N, default {PER_TASK}) K-means iterations back to back in its process, each image stopping when it
+converged or at `max_iterations`: group `iteration_NN` runs iterations (NN-1)*N+1 to NN*N (with
+N={PER_TASK}: `iteration_01` runs 1-{PER_TASK}, `iteration_02` {PER_TASK + 1}-{2 * PER_TASK}, ...), so a run of 21
+iterations is 3 groups, not 21; the results are the same for any N. With the Hadoop engine every
+task is one YARN job, one iteration: group NN is iteration NN. Up to {ITERATION_BOUND} groups
+(parse-time bound); `max_iterations` stops earlier; the run's note says which iteration exited. A bad image is reported and the others go on; a run where every
 image fails is marked failed. `palette` "run" clusters all the images together (one palette, one
 job per iteration); a palette file applies fixed colours; `labels` writes label maps; `dither`
 diffuses the error. Every path param must lie under the allowed roots (Variable
@@ -121,6 +129,12 @@ diffuses the error. Every path param must lie under the allowed roots (Variable
                                    description="Allow this run to replace an output folder published by another "
                                                "run (its summary.json names another run id). Off: such a folder "
                                                "is never replaced and the run fails at prepare."),
+        "iterations_per_task": Param(
+            PER_TASK, type="integer", minimum=1, maximum=settings.MAX_ITER, title="Iterations per task",
+            description=f"Embedded engine: K-means iterations one mapreduce task runs back to back (group "
+                        f"iteration_NN runs iterations (NN-1)*N+1 to NN*N), 1 to {settings.MAX_ITER}; fewer "
+                        f"Airflow tasks, the same results. 1: one task per iteration. The Hadoop engine runs "
+                        f"one iteration (one YARN job) per task whatever this says."),
         "batch_size": Param(settings.DEFAULT_BATCH_SIZE, type="integer", minimum=1, maximum=settings.MAX_BATCH_SIZE,
                             title="Images per job",
                             description=f"Images carried by one MapReduce job: 1 to {settings.MAX_BATCH_SIZE}."),
@@ -167,6 +181,7 @@ def kmeans_image_clustering():
         from kmeans_ops.params import Params
         from kmeans_ops.run import job_batches
         from kmeans_ops.workarea import WorkArea
+        from kmeans_plugin.operators import per_task_of
 
         ingested = [r for batch in ingested for r in batch]
         good = [r for r in ingested if r["ok"]]
@@ -180,11 +195,11 @@ def kmeans_image_clustering():
         except InputError as err:
             raise AirflowFailException(str(err)) from None
         # images the cluster ingested are in its work area already: the others are staged beside them
-        area, on_cluster = placement.stage(get_engine(run["engine"]), WorkArea(run["work"]), run["key"],
-                                           run["params"], good, unit)
+        engine = get_engine(run["engine"])
+        area, on_cluster = placement.stage(engine, WorkArea(run["work"]), run["key"], run["params"], good, unit)
         context["ti"].xcom_push(key="plan", value={
             **run, "work": area.root, "local_work": run["work"], "images": {r["image_id"]: r["stem"] for r in good},
-            "on_cluster": on_cluster,
+            "on_cluster": on_cluster, "iterations_per_task": per_task_of(run, engine),  # 1 with Hadoop
             "failures": failures, "timeline": run["timeline"] + [["ingest", time.time()]],
             "palette_unit": unit, "palette": palette.describe(params, len(good))})
         if palette.mode(params) == "file" or params.auto:  # a fixed palette: no iteration; k auto: the search
@@ -199,11 +214,15 @@ def kmeans_image_clustering():
     searched = KMeansSearchOperator(task_id="search", plan_from="upload")  # k auto only: skipped otherwise
     step >> searched
 
-    # The iterations: an unrolled chain. Each converge passes the plan and the batches still moving
-    # to the next iteration (no edge from upload to every iteration, no join), and on exit skips
-    # every later iteration at once; finals follows the chain's end (trigger rule none_failed).
+    # The iterations: an unrolled chain of groups. Each converge passes the plan and the batches
+    # still moving to the next group (no edge from upload to every group, no join), and on exit
+    # skips every later group at once; finals follows the chain's end (trigger rule none_failed).
     for i in range(1, ITERATION_BOUND + 1):
-        with TaskGroup(group_id=f"iteration_{i:02d}", tooltip=f"K-means iteration {i}: map, combine, reduce"):
+        span = f"{(i - 1) * PER_TASK + 1}-{i * PER_TASK}" if PER_TASK > 1 else f"{i}"
+        tooltip = (f"Iteration group {i}: K-means iterations {span} at the default iterations_per_task {PER_TASK} "
+                   f"(N per task: iterations {i - 1}*N+1 to {i}*N; Hadoop engine or N=1: iteration {i}); map, "
+                   f"combine, reduce per iteration, then the convergence check")
+        with TaskGroup(group_id=f"iteration_{i:02d}", tooltip=tooltip):
             mapreduce = KMeansIterationOperator.partial(
                 task_id="mapreduce", plan=step["plan"], iteration=i, retries=2, retry_delay=timedelta(seconds=10),
                 map_index_template="{{ batch_label }}",
@@ -215,7 +234,7 @@ def kmeans_image_clustering():
     @task(trigger_rule="none_failed")
     def finals(**context) -> list[list[dict]]:
         """Each image's last iteration and whether it converged, in batches: what reconstruct is
-        mapped over. Pushes the plan (XCom ``plan``) from the iteration that exited."""
+        mapped over. Pushes the plan (XCom ``plan``) from the iteration group that exited."""
         import time
 
         from kmeans_ops.run import task_batches
@@ -223,19 +242,20 @@ def kmeans_image_clustering():
         from kmeans_ops.palette import FIXED_STATE
 
         ti = context["ti"]
-        # replaced by the last iteration's; k auto: the search's, with each image's chosen candidate
-        plan = ti.xcom_pull(task_ids="search", key="plan") or ti.xcom_pull(task_ids="upload", key="plan")
-        state = {}
-        for i in range(1, ITERATION_BOUND + 1):
-            group = f"iteration_{i:02d}"
-            step_plan = ti.xcom_pull(task_ids=f"{group}.converge", key="plan")
-            if step_plan is None:
-                break  # this iteration and the later ones were skipped: the previous one exited
-            plan = step_plan
-            pulled = ti.xcom_pull(task_ids=f"{group}.mapreduce")  # every map index
-            for job in (pulled if isinstance(pulled, list) else [pulled]):
-                for image_id, f in (job or {}).items():
-                    state[image_id] = {"iterations": f["iteration"], "converged": f["converged"]}
+        # The groups that ran are 1..g (each converge pushes the plan, with every image's state so
+        # far, before it goes on or exits; later groups are skipped): find g by bisection, a few
+        # pulls whatever the number of groups, and take its plan. None ran (a palette file, or
+        # k auto): the search's plan, with each image's chosen candidate, else upload's.
+        plan, low, high = None, 0, ITERATION_BOUND
+        while low < high:
+            middle = (low + high + 1) // 2
+            found = ti.xcom_pull(task_ids=f"iteration_{middle:02d}.converge", key="plan")
+            if found is None:
+                high = middle - 1
+            else:
+                low, plan = middle, found
+        plan = plan or ti.xcom_pull(task_ids="search", key="plan") or ti.xcom_pull(task_ids="upload", key="plan")
+        state = dict(plan.pop("state", None) or {})
         unit = plan.get("palette_unit")
         if unit:  # a shared palette: every image takes the palette unit's state
             state = {image_id: state.get(unit, FIXED_STATE) for image_id in plan["images"]}

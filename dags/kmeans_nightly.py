@@ -16,7 +16,7 @@ TARGET_DAG_ID = "kmeans_image_clustering"
 #: The params of kmeans_image_clustering a default may set ("input" is filled in by the scan).
 #: tests/test_nightly.py checks this list against the DAG itself.
 TARGET_PARAMS = ("k", "quality", "max_k", "max_iterations", "delta", "init", "seed", "palette", "labels", "dither", "keep",
-                 "skip_if_larger", "engine", "output", "batch_size", "replace_published")
+                 "skip_if_larger", "engine", "output", "batch_size", "iterations_per_task", "replace_published")
 #: Keys of the defaults Variable that this DAG consumes itself: never forwarded to the triggered runs.
 NIGHTLY_KEYS = ("settle_seconds",)
 

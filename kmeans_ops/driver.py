@@ -17,17 +17,21 @@ from .workarea import WorkArea
 
 
 def run_iterations(area: WorkArea, image_ids: list[str], engine, params: Params, progress=None,
-                   limits: dict[str, int] | None = None) -> dict[str, dict]:
-    """Run iterations 1.. until every image converged or ``params.max_iter`` was reached.
+                   limits: dict[str, int] | None = None, first: int = 1, last: int | None = None) -> dict[str, dict]:
+    """Run iterations ``first``.. until every image converged or ``params.max_iter`` was reached.
 
     Returns ``{image id: {"iterations": n, "converged": bool}}``; ``progress(iteration, active,
     figures)`` is called after each job. ``limits``: fewer iterations for some images (the quality
-    search's probes): an image leaves the batch after its limit, as at max_iter.
+    search's probes): an image leaves the batch after its limit, as at max_iter. ``first`` and
+    ``last``: only iterations ``first`` to ``last`` (at most max_iter) of a run whose earlier ones
+    are done (``clusters-(first-1)`` written), as one Airflow task of the DAG runs them
+    (KMeansIterationOperator); an image still moving after ``last`` has ``converged`` false.
     """
-    state = {image_id: {"iterations": 0, "converged": False} for image_id in image_ids}
+    last = params.max_iter if last is None else min(last, params.max_iter)
+    state = {image_id: {"iterations": first - 1, "converged": False} for image_id in image_ids}
     limits = limits or {}
     active = list(image_ids)
-    for iteration in range(1, params.max_iter + 1):
+    for iteration in range(first, last + 1):
         done = [image_id for image_id in active if limits.get(image_id, params.max_iter) < iteration]
         engine.release(area, done)
         active = [image_id for image_id in active if image_id not in done]
@@ -42,7 +46,7 @@ def run_iterations(area: WorkArea, image_ids: list[str], engine, params: Params,
         moving = [image_id for image_id in active if not figures[image_id]["converged"]]
         engine.release(area, [image_id for image_id in active if image_id not in moving])
         active = moving
-    engine.release(area, active)  # at max_iter
+    engine.release(area, active)  # at max_iter (or at ``last``)
     return state
 
 

@@ -71,6 +71,13 @@ def integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
     return number
 
 
+def iterations_per_task(value) -> int:
+    """The DAG's ``iterations_per_task``: K-means iterations one ``mapreduce`` task runs back to
+    back (embedded engine), an integer between 1 and MAX_ITER. It changes how the iterations are
+    split into Airflow tasks, never a result, so it is not one of :class:`Params`."""
+    return integer("iterations_per_task", value, 1, MAX_ITER)
+
+
 def validate(k=DEFAULT_K, init="kmeans++", seed=0, max_iter=DEFAULT_MAX_ITER, delta=DEFAULT_DELTA,
              palette="image", labels=False, dither="none", given: dict | None = None, quality=None,
              max_k=DEFAULT_MAX_K_AUTO, keep=None, skip_if_larger=False) -> Params:

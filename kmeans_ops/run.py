@@ -160,6 +160,7 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
                            dither=conf.get("dither", "none"), given=given, keep=keep,
                            skip_if_larger=conf.get("skip_if_larger", False), quality=conf.get("quality"),
                            max_k=conf.get("max_k", P.DEFAULT_MAX_K_AUTO))
+    per_task = P.iterations_per_task(conf.get("iterations_per_task", settings.iterations_per_task()))
     paths = expand_inputs(inputs, allowed=roots)
     if not paths:
         raise InputError(", ".join(inputs), "no images found")
@@ -183,10 +184,18 @@ def plan(conf: dict, run_id: str, dag_id: str) -> dict:
         "work": os.path.join(settings.work_root(), key),
         "output": output,
         "batch_size": conf["batch_size"],
+        "iterations_per_task": per_task,
         "replace_published": bool(conf.get("replace_published", False)),
         "params": validated.to_json(),
         "images": images,
     }
+
+
+def group_iterations(group: int, per_task: int, max_iter: int) -> range:
+    """The K-means iterations the DAG's group ``iteration_NN`` (``group`` NN, from 1) runs with
+    ``per_task`` iterations per task: (NN-1)*per_task+1 to NN*per_task, none beyond ``max_iter``
+    (an empty range for a group past it)."""
+    return range((group - 1) * per_task + 1, min(group * per_task, max_iter) + 1)
 
 
 def task_batches(items: list, max_tasks: int | None = None, min_size: int | None = None) -> list[list]:

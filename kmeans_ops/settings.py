@@ -19,7 +19,8 @@ KMEANS_MAX_TEXT_BYTES       byte budget per .txt points file               13421
 KMEANS_MAX_K_COLOURS        cap on K x distinct colours per image          600000000
 KMEANS_TASK_TIMEOUT         seconds a DAG task may run (execution_timeout) 3600
 KMEANS_RUN_TIMEOUT          seconds a DAG run may take (dagrun_timeout)    21600
-KMEANS_ITERATION_BOUND      parse-time number of iteration steps (DAG)     30
+KMEANS_ITERATION_BOUND      parse-time number of iteration groups (DAG)    30
+KMEANS_ITERATIONS_PER_TASK  K-means iterations per DAG ``mapreduce`` task  10
 KMEANS_HADOOP_FRAMEWORK     ``yarn`` or ``local`` (LocalJobRunner)          yarn
 KMEANS_HADOOP_UBER          small jobs in uber mode (``true``/``false``)    true
 KMEANS_STREAMING_PYTHON     interpreter of the streaming tasks             this Python
@@ -78,6 +79,8 @@ MAX_SEED = 2**32 - 1
 #: Largest clusters file read as ``init`` (a K of 4096 takes about 300 kB).
 MAX_INIT_FILE_BYTES = 16 << 20
 DEFAULT_BATCH_SIZE = 64
+#: DAG: K-means iterations one ``mapreduce`` task of the embedded engine runs (KMEANS_ITERATIONS_PER_TASK).
+DEFAULT_ITERATIONS_PER_TASK = 10
 MAX_BATCH_SIZE = 10000
 #: ``k`` "auto": per image the fewest colours whose PSNR reaches the ``quality`` target (kmeans_ops.search).
 K_AUTO = "auto"
@@ -202,7 +205,22 @@ def run_timeout() -> float:
 
 
 def iteration_bound() -> int:
+    """Parse-time number of iteration groups (``iteration_NN``) of kmeans_image_clustering: at least
+    DEFAULT_MAX_ITER, so ``max_iterations`` up to that many is always possible."""
     return max(DEFAULT_MAX_ITER, env_int("KMEANS_ITERATION_BOUND", DEFAULT_MAX_ITER, minimum=1))
+
+
+def iterations_per_task() -> int:
+    """The default of kmeans_image_clustering's ``iterations_per_task`` param (read where the DAG
+    file is parsed): how many K-means iterations one ``mapreduce`` task of the embedded engine runs
+    back to back, in its process, each image stopping when it converged or at ``max_iterations``.
+    Group ``iteration_NN`` then runs iterations (NN-1)*N+1 to NN*N. Every task instance costs about
+    a second of scheduling and process start, the embedded engine's iteration milliseconds: 10
+    makes a run of 21 iterations 6 iteration tasks instead of 42, and the default max_iterations
+    (30) at most 3 groups (docs/benchmarks.md). With the Hadoop
+    engine every task runs one iteration (one YARN job, which a deferrable task waits for in the
+    triggerer) whatever this says. 1: one iteration per task, one task per iteration."""
+    return env_int("KMEANS_ITERATIONS_PER_TASK", DEFAULT_ITERATIONS_PER_TASK, minimum=1)
 
 
 # ------------------------------------------------------------------ Hadoop and HDFS

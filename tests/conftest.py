@@ -110,6 +110,15 @@ def run_dag(dag_id: str, conf: dict):
     return dag.test(run_conf=conf)
 
 
+def group_of(iteration: int, per_task: int | None = None) -> str:
+    """The kmeans_image_clustering group (``iteration_NN``) that runs K-means iteration
+    ``iteration`` with ``per_task`` iterations per task (default: the DAG's default, the setting)."""
+    from kmeans_ops import settings
+
+    per_task = per_task or settings.iterations_per_task()
+    return f"iteration_{-(-iteration // per_task):02d}"
+
+
 #: The stages of a kmeans_image_clustering run, as the report's time per stage names them.
 RUN_STAGES = ["prepare", "ingest", "upload", "iterations", "finals", "reconstruct", "publish"]
 

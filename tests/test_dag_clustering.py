@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, check_time_per_stage, load_dag, photo_bgr, run_cli, run_dag
+from conftest import ROOT, check_time_per_stage, group_of, load_dag, photo_bgr, run_cli, run_dag
 
 DAG_ID = "kmeans_image_clustering"
 
@@ -144,20 +144,25 @@ def test_run_equals_cli_and_reports_the_bad_image(airflow_db, inputs, tmp_path):
     assert not os.path.exists(os.path.join(os.environ["KMEANS_WORK_ROOT"], run_key(dag_run.run_id)))
 
 
-@pytest.mark.parametrize("max_iterations", [1, 4, 30])
-def test_early_exit_still_reconstructs_and_publishes(airflow_db, inputs, tmp_path, max_iterations):
-    """Exit at the first, a middle and the last iteration: reconstruct and publish really run."""
+@pytest.mark.parametrize("max_iterations,per_task", [(1, None), (4, 1), (30, None), (7, 3)])
+def test_early_exit_still_reconstructs_and_publishes(airflow_db, inputs, tmp_path, max_iterations, per_task):
+    """Exit at the first, a middle and the last iteration (the default iterations per task, and one
+    per task): reconstruct and publish really run. 7 at 3 per task: the third group runs iteration
+    7 alone and the run stops at max_iterations exactly."""
     conf = {"input": [str(inputs / "coffee.png")], "k": 12, "init": "random", "delta": 0, "seed": 1,
             "max_iterations": max_iterations, "output": str(tmp_path / "out")}
+    if per_task:
+        conf["iterations_per_task"] = per_task
     dag_run = run_dag(DAG_ID, conf)
     assert dag_run.state == "success"
     st = states(dag_run)
-    last = f"iteration_{max_iterations:02d}"
+    last = group_of(max_iterations, per_task)
     assert st[(f"{last}.converge", -1)] == "success"
     assert st[("reconstruct", 0)] == "success" and st[("publish", -1)] == "success"
-    for i in range(1, max_iterations):
+    groups = int(last.split("_")[1])
+    for i in range(1, groups):
         assert st[(f"iteration_{i:02d}.converge", -1)] == "success"
-    for i in range(max_iterations + 1, 31):  # every later iteration skipped at once by the exit
+    for i in range(groups + 1, 31):  # every later group skipped at once by the exit
         assert st[(f"iteration_{i:02d}.converge", -1)] == "skipped"
         assert st[(f"iteration_{i:02d}.mapreduce", -1)] == "skipped"
     figures = json.load(open(os.path.join(published(dag_run, conf["output"]), "coffee.json")))
@@ -165,10 +170,81 @@ def test_early_exit_still_reconstructs_and_publishes(airflow_db, inputs, tmp_pat
     assert run_note(dag_run) == (f"Stopped at iteration {max_iterations} (max_iterations): 0 of 1 image(s) "
                                  f"converged; published")
     assert len(figures["history"]) == max_iterations
+    if per_task:  # the same as the CLI, whatever the split into tasks
+        status, err = run_cli("quantize", inputs / "coffee.png", "-k", 12, "--init", "random", "--delta", 0,
+                              "--seed", 1, "--max-iter", max_iterations, "--out", tmp_path / "cli", "-q")
+        assert status == 0, err
+        cli = json.load(open(tmp_path / "cli" / "coffee.json"))
+        for key in ("iterations", "converged", "centroids_rgb", "history"):
+            assert figures[key] == cli[key], key
+
+
+def test_iterations_per_task_changes_no_result(airflow_db, inputs, tmp_path):
+    """One iteration per task and 4 per task (images converging at different iterations, not at a
+    group's end): the same centroids, iteration counts, converged flags, histories and pixels."""
+    runs = {}
+    for per_task in (1, 4):
+        conf = {"input": [str(inputs)], "k": 6, "seed": 3, "delta": 0.5, "iterations_per_task": per_task,
+                "output": str(tmp_path / f"out-{per_task}")}
+        dag_run = run_dag(DAG_ID, conf)
+        assert dag_run.state == "success"
+        runs[per_task] = (dag_run, published(dag_run, conf["output"]))
+    iterations = {}
+    for stem in ("china", "coffee"):
+        one, four = (json.load(open(os.path.join(runs[n][1], f"{stem}.json"))) for n in (1, 4))
+        for key in ("k", "iterations", "converged", "centroids_rgb", "mse", "psnr", "cluster_pixels"):
+            assert one[key] == four[key], (stem, key)
+        assert [h for h in one["history"]] == [h for h in four["history"]]
+        a, b = (cv2.imread(os.path.join(runs[n][1], f"{stem}.png"), cv2.IMREAD_UNCHANGED) for n in (1, 4))
+        assert np.array_equal(a, b)
+        iterations[stem] = one["iterations"]
+    last = max(iterations.values())
+    assert last > 4 and last % 4  # the run ends inside a group
+    for n, (dag_run, _) in runs.items():
+        st = states(dag_run)
+        ran = sorted({task.split(".")[0] for (task, _), state in st.items()
+                      if task.startswith("iteration_") and task.endswith(".converge") and state == "success"})
+        assert ran == [f"iteration_{i:02d}" for i in range(1, -(-last // n) + 1)], (n, ran)
+        assert run_note(dag_run) == f"Converged at iteration {last}: all 2 image(s); published"
+
+
+def test_iterations_per_task_is_validated_naming_the_param(tmp_path):
+    """prepare's check (kmeans_ops.run.plan, the same rule as the trigger form's schema) and the
+    setting behind the default name what is wrong."""
+    from kmeans_ops.params import ParamError, iterations_per_task
+    from kmeans_ops.settings import SettingError
+    from kmeans_ops import settings
+
+    assert iterations_per_task(5) == 5 and iterations_per_task("8") == 8
+    for value, message in [(0, "iterations_per_task must be between 1 and 1000, got 0"),
+                           (1001, "iterations_per_task must be between 1 and 1000, got 1001"),
+                           ("many", "iterations_per_task must be an integer, got 'many'"),
+                           (2.5, "iterations_per_task must be an integer, got 2.5"),
+                           (True, "iterations_per_task must be an integer, got True")]:
+        with pytest.raises(ParamError) as err:
+            iterations_per_task(value)
+        assert str(err.value) == message
+    from kmeans_ops.run import plan
+
+    (tmp_path / "a.png").write_bytes(b"")
+    conf = {"input": [str(tmp_path)], "k": 4, "init": "kmeans++", "seed": 0, "max_iterations": 5, "delta": 1.0,
+            "engine": "local", "output": str(tmp_path / "out"), "batch_size": 4, "iterations_per_task": 0}
+    with pytest.raises(ParamError, match="^iterations_per_task must be between 1 and 1000, got 0$"):
+        plan(conf, "manual__x", DAG_ID)
+    assert plan({**conf, "iterations_per_task": 3}, "manual__x", DAG_ID)["iterations_per_task"] == 3
+    assert plan({k: v for k, v in conf.items() if k != "iterations_per_task"}, "manual__x",
+                DAG_ID)["iterations_per_task"] == settings.iterations_per_task()
+    os.environ["KMEANS_ITERATIONS_PER_TASK"] = "0"
+    try:
+        with pytest.raises(SettingError, match="KMEANS_ITERATIONS_PER_TASK must be >= 1"):
+            settings.iterations_per_task()
+    finally:
+        del os.environ["KMEANS_ITERATIONS_PER_TASK"]
 
 
 def test_exit_on_convergence_in_the_middle(airflow_db, inputs, tmp_path):
-    conf = {"input": [str(inputs)], "k": 3, "delta": 2.0, "output": str(tmp_path / "out"), "batch_size": 1}
+    conf = {"input": [str(inputs)], "k": 3, "delta": 2.0, "output": str(tmp_path / "out"), "batch_size": 1,
+            "iterations_per_task": 1}
     dag_run = run_dag(DAG_ID, conf)
     assert dag_run.state == "success"
     results = [json.load(open(p)) for p in glob.glob(os.path.join(published(dag_run, conf["output"]), "*.json"))
@@ -219,7 +295,7 @@ def test_rerun_of_the_same_run_gives_the_same_result(airflow_db, inputs, tmp_pat
 
 
 @pytest.mark.parametrize("conf,word", [({"k": 0}, "k"), ({"delta": 100}, "delta"), ({"engine": "spark"}, "engine"),
-                                       ({"input": []}, "input")])
+                                       ({"input": []}, "input"), ({"iterations_per_task": 0}, "iterations_per_task")])
 def test_invalid_params_are_refused(airflow_db, inputs, tmp_path, conf, word):
     """The params' JSON schema (the trigger form's) refuses them before any task runs."""
     full = {"input": [str(inputs)], "output": str(tmp_path / "out"), **conf}
@@ -229,3 +305,19 @@ def test_invalid_params_are_refused(airflow_db, inputs, tmp_path, conf, word):
     assert done.returncode != 0
     assert "Invalid input for param" in done.stdout + done.stderr and word in done.stdout + done.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_hadoop_engine_runs_one_iteration_per_task():
+    """iterations_per_task applies to an engine whose jobs run in the task's process (the
+    embedded one); the Hadoop engine keeps one YARN job, one iteration, per task."""
+    from kmeans_ops.engines.hadoop import HadoopEngine
+    from kmeans_ops.engines.local import EmbeddedEngine
+    from kmeans_ops.run import group_iterations
+    from kmeans_plugin.operators import per_task_of
+
+    assert per_task_of({"iterations_per_task": 10}, EmbeddedEngine) == 10
+    assert per_task_of({"iterations_per_task": 10}, HadoopEngine) == 1
+    assert per_task_of({}, EmbeddedEngine) == 1  # a plan from before the param
+    assert list(group_iterations(1, 10, 30)) == list(range(1, 11))
+    assert list(group_iterations(3, 3, 7)) == [7] and list(group_iterations(4, 3, 7)) == []
+    assert list(group_iterations(5, 1, 30)) == [5]

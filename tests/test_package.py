@@ -111,3 +111,21 @@ def test_fresh_airflow_with_only_the_package(installed, tmp_path):
         assert status == 200 and headers["content-type"].startswith("text/html"), (status, body[:300])
         assert b"coffee" in body and b"china" in body
     assert AIRFLOW  # the venv's own Airflow ran every command
+
+
+def test_the_checkout_registers_the_plugin_once(tmp_path):
+    """bin/airflow puts the checkout on PYTHONPATH: no second copy of the distribution may be found
+    there (the editable build's kmeans_colours.egg-info, which `make setup` removes), or its
+    airflow.plugins entry point registers the plugin again ("Plugin 'kmeans' already registered")."""
+    env = {**clean_env(AIRFLOW_HOME=str(tmp_path / "home")), "PYTHONPATH": ROOT}
+    code = ("from importlib.metadata import distributions\n"
+            "print(sorted(str(d._path) for d in distributions() if (d.metadata['Name'] or '') == 'kmeans-colours'))\n")
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    copies = json.loads(found.stdout.replace("'", '"'))
+    assert len(copies) == 1 and copies[0].endswith(".dist-info"), f"{copies}: run make setup (or remove the egg-info)"
+    listed = subprocess.run([os.path.join(ROOT, "bin", "airflow"), "plugins", "-o", "json"], cwd=tmp_path,
+                            env={**env, "AIRFLOW_HOME": str(tmp_path / "home")}, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "already registered" not in listed.stdout + listed.stderr
+    assert '"name": "kmeans"' in listed.stdout

@@ -15,7 +15,8 @@ The interface (:class:`~kmeans_ops.engines.base.Engine`, which both engines subc
 - ``remember(area, image_id, table)``: the table just written to a points file, for an engine that
   keeps tables in memory (the embedded one), and ``release(area, image_ids)`` when the driver
   iterates them no more; ``prepare()`` before a run of this process (the CLI's); ``last_job``: the
-  last job's YARN ids and URL, if any.
+  last job's YARN ids and URL, if any; ``in_process``: whether its jobs run in the calling process
+  (the embedded engine: a DAG task may then run several iterations, ``iterations_per_task``).
 
 Every engine runs the map, combine and reduce functions of kmeans_ops.mapreduce.
 """

@@ -32,6 +32,11 @@ class Engine(abc.ABC):
     #: The last job's ``application_id``, ``job_id``, ``tracking_url`` and ``framework`` (for the
     #: YARN link of an iteration task); empty for an engine that submits no jobs.
     last_job: Mapping = MappingProxyType({})
+    #: Whether a job of this engine runs in the calling process, done when submitted (the embedded
+    #: engine): a DAG task may then run several iterations back to back, keeping the engine's state
+    #: between them (the DAG's ``iterations_per_task``). False (the Hadoop engine: jobs on YARN):
+    #: one iteration, one job per task, so a deferrable task frees its worker slot for each job.
+    in_process: bool = False
 
     @abc.abstractmethod
     def iterate(self, area: WorkArea, image_ids: list[str], iteration: int, delta: float) -> dict[str, dict]:

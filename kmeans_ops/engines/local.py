@@ -46,6 +46,7 @@ def link_folder(source: str, target: str) -> None:
 
 class EmbeddedEngine(Engine):
     name = "local"
+    in_process = True
 
     def __init__(self, tasks: int = 1, cache_bytes: int = 1 << 30):
         self.tasks = tasks

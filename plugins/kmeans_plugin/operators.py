@@ -176,15 +176,26 @@ def one_line(log):
 
 
 class KMeansIterationOperator(EngineJobOperator):
-    """One K-means iteration, i.e. one MapReduce job, for a batch of images.
+    """The K-means iterations of one group of the DAG, for a batch of images.
 
-    :param plan: the run's plan (the ``prepare`` task's output): work area, engine, params.
+    With one iteration per task (the Hadoop engine always; the embedded engine with the plan's
+    ``iterations_per_task`` 1) the task is one MapReduce job: iteration ``iteration``, which reads
+    ``clusters-(i-1)`` and writes ``clusters-i`` (deferrable with the Hadoop engine:
+    EngineJobOperator). With N iterations per task (the embedded engine, whose jobs run in the
+    task's process) the task is group ``iteration`` of N: it runs iterations (g-1)*N+1 to g*N
+    back to back (kmeans_ops.driver.run_iterations, the CLI's loop, with one engine, so the
+    embedded engine's tables and Hamerly bounds stay in memory between them), each image leaving
+    the batch once it converged or reached ``max_iterations``; every iteration writes its
+    ``clusters-i`` and ``stats-i`` files as one job does, and logs its lines.
+
+    :param plan: the run's plan (the ``upload`` or previous ``converge`` task's): work area, engine,
+        params, ``iterations_per_task``.
     :param batch: the image ids of this job.
-    :param iteration: 1-based iteration number; reads ``clusters-(i-1)``, writes ``clusters-i``.
+    :param iteration: the 1-based group number (the iteration itself with one iteration per task).
     :param deferrable: with the Hadoop engine, wait for the job in the triggerer (EngineJobOperator).
 
-    Returns ``{image id: figures}`` (sse, max_shift, reseeded, converged). With the Hadoop engine the
-    task links to its YARN application.
+    Returns ``{image id: figures}`` (sse, max_shift, reseeded, converged, iteration) of each image's
+    last iteration in this task. With the Hadoop engine the task links to its YARN application.
     """
 
     ui_color = "#c6e2ff"
@@ -197,19 +208,51 @@ class KMeansIterationOperator(EngineJobOperator):
         return [self.plan["images"].get(i, i) for i in self.batch]
 
     def start(self, context, engine):
+        from kmeans_ops.driver import run_iterations
+        from kmeans_ops.params import Params
+        from kmeans_ops.run import group_iterations
         from kmeans_ops.workarea import WorkArea
 
-        self.log.info("iteration %d: one %s job for %d image(s): %s", self.iteration, engine.name,
-                      len(self.batch), ", ".join(self.batch))
-        job = engine.submit("iterate", area=WorkArea(self.plan["work"]), image_ids=list(self.batch),
-                            iteration=self.iteration, delta=float(self.plan["params"]["delta"]))
-        return job, {}
+        per_task = per_task_of(self.plan, engine)
+        params = Params.from_json(self.plan["params"])
+        area = WorkArea(self.plan["work"])
+        if per_task == 1:
+            self.log.info("iteration %d: one %s job for %d image(s): %s", self.iteration, engine.name,
+                          len(self.batch), ", ".join(self.batch))
+            job = engine.submit("iterate", area=area, image_ids=list(self.batch), iteration=self.iteration,
+                                delta=params.delta)
+            return job, {}
+        steps = group_iterations(self.iteration, per_task, params.max_iter)
+        self.log.info("iterations %d-%d (group %d of %d iterations): %d image(s): %s", steps.start, steps.stop - 1,
+                      self.iteration, per_task, len(self.batch), ", ".join(self.batch))
+        last: dict[str, dict] = {}
 
-    def finish(self, context, figures):
+        def progress(iteration, active, figures):
+            self.log.info("iteration %d: one %s job for %d image(s): %s", iteration, engine.name, len(active),
+                          ", ".join(active))
+            self.log_figures(figures)
+            last.update(figures)
+
+        run_iterations(area, list(self.batch), engine, params, progress, first=steps.start, last=steps.stop - 1)
+        return None, {"figures": {image_id: last[image_id] for image_id in self.batch}}
+
+    def finish(self, context, result, figures=None):
+        if figures is not None:  # iterations run in the task: logged as they went
+            return figures
+        self.log_figures(result)
+        return result
+
+    def log_figures(self, figures: dict) -> None:
         for image_id, f in figures.items():
             self.log.info("%s: sse %.6g, largest shift %.4f, re-seeded %s, %s", image_id, f["sse"], f["max_shift"],
                           f["reseeded"] or "none", "converged" if f["converged"] else "moving")
-        return figures
+
+
+def per_task_of(plan: dict, engine) -> int:
+    """K-means iterations per ``mapreduce`` task in this run: the plan's ``iterations_per_task``
+    with an engine whose jobs run in the task's process (the embedded one), else 1 (one YARN job
+    per task). A plan from before the param: 1."""
+    return int(plan.get("iterations_per_task") or 1) if engine.in_process else 1
 
 
 class KMeansIngestOperator(EngineJobOperator):
@@ -361,18 +404,24 @@ EXIT_KEY = "kmeans_exit"
 
 
 class ConvergenceOperator(BaseOperator):
-    """The convergence check after iteration ``i``: go on to iteration i+1, or exit.
+    """The convergence check after iteration group ``i``: go on to group i+1, or exit.
 
-    Goes on while some image is still moving and ``i`` is below ``max_iterations``: then it
-    returns the images still moving, in batches of the plan's ``batch_size`` (what the next
-    iteration's MapReduce task is mapped over), and pushes the run's plan (XCom ``plan``): both
-    travel along the chain of iterations. Exiting skips every later iteration's tasks at
-    once (``skip_on_exit``): a plain branch would skip only its direct downstream and leave the
-    skip to cascade one iteration per scheduler loop through the unrolled chain.
+    Group ``i`` ran iterations up to ``i * N`` (N: the plan's ``iterations_per_task``, 1 with the
+    Hadoop engine; kmeans_ops.run.group_iterations). Goes on while some image is still moving and
+    that last iteration is below ``max_iterations``: then it returns the images still moving, in
+    batches of the plan's ``batch_size`` (what the next group's MapReduce task is mapped over),
+    and pushes the run's plan (XCom ``plan``) with each image's state so far (``state``: its last
+    iteration and whether it converged): both travel along the chain of groups. Exiting skips
+    every later group's tasks at once (``skip_on_exit``): a plain branch would skip only its
+    direct downstream and leave the skip to cascade one group per scheduler loop through the
+    unrolled chain.
 
-    :param plan_from: the task whose XCom ``plan`` this iteration started from (the previous
-        iteration's check, or upload): read at run time, so the graph has no extra edge.
-    :param figures: the iteration's MapReduce results, one ``{image id: figures}`` per job.
+    :param plan_from: the task whose XCom ``plan`` this group started from (the previous group's
+        check, or upload): read at run time, so the graph has no extra edge.
+    :param figures: the group's MapReduce results, one ``{image id: figures}`` per job (each
+        image's last iteration in the group).
+    :param iteration: the group's number, from 1.
+    :param bound: the number of groups (parse time).
     """
 
     template_fields = ("figures",)
@@ -393,22 +442,29 @@ class ConvergenceOperator(BaseOperator):
 
         ti = context["ti"]
         plan = ti.xcom_pull(task_ids=self.plan_from, key="plan")
-        jobs = list(self.figures or [])
+        # a mapped task's results in one request (iterating a lazy sequence asks one item at a time)
+        jobs = [job for job in (self.figures[:] if self.figures is not None else []) if job]
         moving = [image_id for job in jobs for image_id, f in job.items() if not f["converged"]]
         total = sum(len(job) for job in jobs)
-        limit = min(int(plan["params"]["max_iter"]), self.bound)
-        going_on = bool(moving) and self.iteration < limit
-        ti.xcom_push(key="plan", value=plan)
+        per_task = int(plan.get("iterations_per_task") or 1)
+        limit = min(int(plan["params"]["max_iter"]), self.bound * per_task)
+        reached = min(self.iteration * per_task, limit)  # the group's last iteration
+        ran = max((f["iteration"] for job in jobs for f in job.values()), default=reached)
+        going_on = bool(moving) and reached < limit
+        state = {**(plan.get("state") or {}),
+                 **{image_id: {"iterations": f["iteration"], "converged": f["converged"]}
+                    for job in jobs for image_id, f in job.items()}}
+        ti.xcom_push(key="plan", value={**plan, "state": state})
+        what = f"iteration {self.iteration}" if per_task == 1 else f"iteration group {self.iteration} (to {reached})"
         if going_on:
-            self.log.info("iteration %d: %d of %d image(s) still moving: next iteration", self.iteration,
-                          len(moving), total)
+            self.log.info("%s: %d of %d image(s) still moving: next iteration", what, len(moving), total)
             return job_batches(moving, int(plan["batch_size"]))
         run_total = len(plan["images"])  # images converged in earlier iterations left the batches
         if moving:
-            summary = (f"Stopped at iteration {self.iteration} (max_iterations): {run_total - len(moving)} of "
+            summary = (f"Stopped at iteration {ran} (max_iterations): {run_total - len(moving)} of "
                        f"{run_total} image(s) converged")
         else:
-            summary = f"Converged at iteration {self.iteration}: all {run_total} image(s)"
+            summary = f"Converged at iteration {ran}: all {run_total} image(s)"
         self.log.info("%s: exit", summary)
         ti.xcom_push(key=EXIT_KEY, value=summary)  # the run's note (kmeans_plugin.listener)
         if self.skip_on_exit:

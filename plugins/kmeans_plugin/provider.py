@@ -3,7 +3,9 @@
 Installed with pip, the package needs no ``plugins/`` folder. Airflow's ProvidersManager reads
 :func:`get_provider_info` (``airflow providers list`` shows it: operators, triggers, extra links),
 and the plugin itself (the results app and its view, the listener, the macros, the links) is
-declared through the ``airflow.plugins`` entry point, which Airflow always loads. It is not also
+declared through the ``airflow.plugins`` entry point, which Airflow always loads (only that copy:
+the editable build's ``kmeans_colours.egg-info`` left in a checkout on ``sys.path`` would be a second
+one, so ``make setup`` removes it). It is not also
 named here under ``plugins``: Airflow loads a provider's plugins only with ``[core]
 lazy_discover_providers = False``, and then it would register the plugin a second time. DAGs
 import the operators as ``from kmeans_plugin.operators import KMeansIterationOperator``; the
