@@ -157,7 +157,7 @@ def _step(lo, hi, candidates, centred_t, c, separation, threshold, drift, lower_
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _gather_ties(ties, counts):  # pragma: no cover
+def _gather_chunks(ties, counts):  # pragma: no cover
     """Move each chunk's entries of ``ties`` (written from the chunk's first index) to its front."""
     n_ties = 0
     for chunk in range(len(counts)):
@@ -187,7 +187,7 @@ def start(centred_t, c, weighted_t, weights, weighted_sq, labels, upper, gap, ru
         sums += part_sums[chunk]
         cluster_weights += part_weights[chunk]
         square_sums += part_squares[chunk]
-    return _gather_ties(ties, counts)
+    return _gather_chunks(ties, counts)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, parallel=True)
@@ -201,7 +201,7 @@ def screen(labels, runner_up, gap, gap_runner_up, limit, drift_limit, margin, sc
         lo = chunk * CHUNK
         counts[chunk] = _screen(lo, min(lo + CHUNK, n), labels, runner_up, gap, gap_runner_up, limit, drift_limit,
                                 margin, screened)
-    return _gather_ties(screened, counts)
+    return _gather_chunks(screened, counts)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, parallel=True)
@@ -226,4 +226,4 @@ def step(candidates, centred_t, c, separation, threshold, drift, lower_drift, we
         sums += part_sums[chunk]
         cluster_weights += part_weights[chunk]
         square_sums += part_squares[chunk]
-    return counts[:, 0].sum(), counts[:, 1].sum(), _gather_ties(ties, counts[:, 2].copy())
+    return counts[:, 0].sum(), counts[:, 1].sum(), _gather_chunks(ties, counts[:, 2].copy())
