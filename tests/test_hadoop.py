@@ -229,3 +229,26 @@ def test_cli_with_hdfs_unreachable_exits_3_and_writes_nothing(photos, tmp_path, 
     status, err = run_cli("quantize", photos / "coffee.png", "--engine", "hadoop", "-k", 3, "--out", tmp_path / "out")
     assert status == 3 and "HDFS" in err and "127.0.0.1" in err
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_clients_ask_again_soon_after_closing_a_file(hadoop):
+    """The running daemons (not only the files): the DataNode, whose own HDFS client writes every
+    WebHDFS file, and the NodeManager (ApplicationMasters) ask the NameNode again after 20 ms, not
+    Hadoop's 400, whether a closed file's last block is complete (docs/hadoop.md: 9.8 s -> 5.5-6 s
+    per YARN iteration); with enough retries that a slow block report still gets 20 s."""
+    import requests
+
+    from kmeans_ops.engines.hadoop import conf_value
+
+    name = "dfs.client.block.write.locateFollowingBlock"
+    for daemon in ("dfs.datanode.http.address", "yarn.nodemanager.webapp.address"):
+        address = conf_value(daemon).replace("0.0.0.0", "127.0.0.1")
+        values = {}
+        for suffix in ("initial.delay.ms", "retries"):
+            answer = requests.get(f"http://{address}/conf", params={"name": f"{name}.{suffix}"},
+                                  headers={"Accept": "application/json"}, timeout=10)
+            answer.raise_for_status()
+            values[suffix] = int(answer.json()["property"]["value"])
+        assert values["initial.delay.ms"] <= 50, (daemon, values)
+        assert values["initial.delay.ms"] * (2 ** values["retries"] - 1) >= 10_000, (daemon, values)
+    assert int(conf_value(f"{name}.initial.delay.ms")) <= 50  # the client's (job submission)
