@@ -227,12 +227,32 @@ def other_shift(shift: np.ndarray) -> np.ndarray:
     return other
 
 
-def separation(centroids: np.ndarray) -> np.ndarray:
-    """(K,) the distance from each centroid to the nearest other one (inf with one centroid)."""
+def _centroid_distances(centroids: np.ndarray) -> np.ndarray:
+    """(K, K) distances between the centroids, inf on the diagonal."""
     diff = centroids[:, None, :] - centroids[None, :, :]
     dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     np.fill_diagonal(dist, np.inf)
-    return dist.min(axis=1)
+    return dist
+
+
+def separation(centroids: np.ndarray) -> np.ndarray:
+    """(K,) the distance from each centroid to the nearest other one (inf with one centroid)."""
+    return _centroid_distances(centroids).min(axis=1)
+
+
+def separations(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each centroid the distances to its nearest and second nearest other centroids ((2, K),
+    inf where there is none) and the index of the nearest ((K,), -1 with one centroid): the
+    distance from c_a to its nearest centroid other than b is the second when b is the nearest."""
+    dist = _centroid_distances(centroids)
+    k = len(centroids)
+    if k < 2:
+        return np.full((2, k), np.inf), np.full(k, -1, np.intp)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :2]
+    nearest = np.take_along_axis(dist, order, axis=1)
+    if k < 3:
+        nearest[:, 1] = np.inf
+    return np.ascontiguousarray(nearest.T), order[:, 0].astype(np.intp)
 
 
 def _screen(state: Bounds, threshold: np.ndarray, growth: float) -> None:
@@ -272,7 +292,7 @@ def step(data: Block, state: Bounds, centroids: np.ndarray, compiled: bool | Non
             state.screens += 1
         ties = np.empty(len(state.candidates), np.intp)
         state.tightened, state.recomputed, n_ties = loops.step(
-            state.candidates, data.centred_t, centroids - data.origin, separation(centroids), threshold, state.drift,
+            state.candidates, data.codes, centroids, *separations(centroids), threshold, state.drift,
             state.lower_drift, data.weighted_t, data.weights, data.weighted_sq, state.labels, state.upper, state.gap,
             state.runner_up, state.gap_runner_up, state.sums, state.weights, state.square_sums, ties, MARGIN, TIE)
         if n_ties:

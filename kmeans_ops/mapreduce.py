@@ -91,7 +91,7 @@ class Block:
     weights: np.ndarray  # (n,) pixel counts
     weighted_t: np.ndarray  # (3, n) weights * colours (B, G, R), one row per channel
     weighted_sq: np.ndarray  # (n,) weights * ||colour - sq_origin||^2 (exact integers)
-    codes: np.ndarray  # (n,) 0xRRGGBB, to name far candidates
+    codes: np.ndarray  # (n,) 0xRRGGBB of the colours: names far candidates; the compiled step reads a colour from it
     origin: np.ndarray  # (3,)
     sq_origin: np.ndarray  # (3,) origin rounded to integers
 

@@ -12,7 +12,7 @@ from sklearn.cluster import KMeans, kmeans_plusplus as sk_kmeans_plusplus
 
 from conftest import ROOT, photo_bgr
 from kmeans_ops import hamerly, mapreduce
-from kmeans_ops.colours import colour_table
+from kmeans_ops.colours import bgr_to_codes, colour_table
 from kmeans_ops.initialise import initial_centroids, kmeans_plusplus
 from kmeans_ops.reconstruct import label_table, palette_of, quality
 
@@ -66,7 +66,7 @@ def test_ties_are_decided_by_the_full_kernel():
     the only colours that fail their bounds."""
     colours = np.array([[0, 0, 0], [2, 0, 0], [1, 0, 0], [1, 1, 1], [10, 10, 10], [12, 10, 10], [11, 10, 10]], float)
     weights = np.array([3, 1, 2, 5, 1, 4, 2], float)
-    codes = np.arange(len(colours), dtype=np.uint32)
+    codes = bgr_to_codes(colours.astype(np.uint32))  # the compiled step reads a colour from its code
     data = mapreduce.block(colours, weights, codes, weights @ colours / weights.sum())
     for compiled in (False, True) if hamerly.COMPILED else (False,):
         centroids = np.array([[0, 0, 0], [2, 0, 0], [10, 10, 10], [12, 10, 10]], float)
