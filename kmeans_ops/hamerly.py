@@ -248,11 +248,10 @@ def separations(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = len(centroids)
     if k < 2:
         return np.full((2, k), np.inf), np.full(k, -1, np.intp)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :2]
-    nearest = np.take_along_axis(dist, order, axis=1)
-    if k < 3:
-        nearest[:, 1] = np.inf
-    return np.ascontiguousarray(nearest.T), order[:, 0].astype(np.intp)
+    two = np.argpartition(dist, 1, axis=1)[:, :2]  # the two nearest, in either order: O(K^2), not a sort
+    two = np.take_along_axis(two, np.argsort(np.take_along_axis(dist, two, axis=1), axis=1), axis=1)
+    nearest = np.take_along_axis(dist, two, axis=1)  # (with two centroids the second is the diagonal's inf)
+    return np.ascontiguousarray(nearest.T), two[:, 0].astype(np.intp)
 
 
 def _screen(state: Bounds, threshold: np.ndarray, growth: float) -> None:

@@ -169,3 +169,24 @@ def test_start_up_imports_only_what_the_run_uses(photo_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.load(open(tmp_path / "out" / "coffee.json"))["k"] == 8
     assert not names & {"sklearn", "airflow", "jinja2"}, names & {"sklearn", "airflow", "jinja2"}
+
+
+def test_separations_are_the_two_nearest_centroids():
+    """hamerly.separations, the bound the compiled step takes from the centroids' distances: per
+    centroid the distances to its nearest and second nearest other centroid and the nearest's index
+    (any of several at the same distance), inf where there is none (K = 1 and 2)."""
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3, 16, 65):
+        centroids = rng.integers(0, 256, (k, 3)).astype(float)
+        if k > 3:
+            centroids[3] = centroids[1]  # a centroid at distance 0, and a tie for the others
+        far, closest = hamerly.separations(centroids)
+        dist = np.sqrt(((centroids[:, None] - centroids[None]) ** 2).sum(-1))
+        np.fill_diagonal(dist, np.inf)
+        ordered = np.sort(dist, axis=1)
+        assert far.shape == (2, k) and closest.shape == (k,)
+        if k == 1:
+            assert np.isinf(far).all()
+            continue
+        assert np.array_equal(far[0], ordered[:, 0]) and np.array_equal(far[1], ordered[:, 1]), k
+        assert np.array_equal(dist[np.arange(k), closest], ordered[:, 0]) and (closest != np.arange(k)).all()
