@@ -302,6 +302,15 @@ def yarn_progress_seconds() -> float:
     return float(env_int("KMEANS_YARN_PROGRESS_S", 5, minimum=1))
 
 
+def yarn_settle_seconds() -> float:
+    """Seconds a deferred task's trigger holds back the end of a job that did not succeed, counted
+    from the trigger's start: a job killed or failed within a second or two of the deferral can end
+    before Airflow's scheduler has taken in the deferring process's own exit, which it then takes
+    for the resumed try's and fails that try as "state changed externally" (apache/airflow#72716,
+    open), instead of letting it fail with its own message. 0 turns the hold off."""
+    return float(env_int("KMEANS_YARN_SETTLE_S", 10, minimum=0))
+
+
 def node_webhdfs() -> tuple[str, str] | None:
     """(WebHDFS URL, user) that a Hadoop task uses on a node, where no Airflow connection exists:
     the job passes them (-cmdenv KMEANS_WEBHDFS_URL=..., KMEANS_WEBHDFS_USER=...). None elsewhere."""

@@ -96,6 +96,23 @@ def test_trigger_follows_a_real_yarn_application(staged_job, capfd):
     assert figures["coffee"]["iteration"] == 1 and engine.hdfs.exists(area.clusters("coffee", 1))
 
 
+def test_trigger_holds_back_a_job_that_ended_at_once_without_success(staged_job):
+    """A job killed as soon as it is submitted: the trigger reports KILLED, but no sooner than its
+    settle time after it started (apache/airflow#72716: a task resumed within a second or two of
+    its deferral can be failed by the scheduler as "state changed externally")."""
+    from kmeans_plugin.triggers import YarnApplicationTrigger
+    from kmeans_ops.engines import yarn
+
+    engine, job, area = staged_job
+    yarn.kill(job["rm"], job["application_id"])
+    trigger = YarnApplicationTrigger(**{**YarnApplicationTrigger.for_job(job, engine.timeout).serialize()[1],
+                                        "settle_seconds": 3})
+    started = time.monotonic()
+    event = first_event(trigger)
+    assert event.payload["final"]["state"] == "KILLED", event.payload
+    assert time.monotonic() - started >= 3
+
+
 def test_trigger_gives_up_on_an_unreachable_resource_manager(hadoop):  # noqa: F811
     """A few failed polls are tolerated (the RM restarting), then one error event naming the RM
     and the application; an application the RM does not know, the same."""

@@ -9,6 +9,12 @@ is over: ``{"final": {"state", "finalStatus", "diagnostics", "elapsedTime"}, "ap
 or ``{"error": <one line>, "application_id"}`` when the ResourceManager stopped answering or the
 job overran its time (it is then killed). The task then resumes on a worker and collects the job.
 
+An application that ended without success is reported no sooner than ``KMEANS_YARN_SETTLE_S``
+seconds (10) after the trigger started: a task resumed within a second or two of its deferral can
+be failed by Airflow's scheduler as "state changed externally" when the deferring process's exit
+reaches it late (apache/airflow#72716, open; seen here when a test killed each job at once). A
+job that succeeded is reported at once: every YARN job takes several seconds, a failure may not.
+
 The same state and progress rules as the blocking wait of the CLI (kmeans_ops.engines.yarn.wait):
 :func:`~kmeans_ops.engines.yarn.state_of`, :func:`~kmeans_ops.engines.yarn.progress_of` and
 :func:`~kmeans_ops.engines.yarn.summary_of`. The trigger only reads (it kills an application only
@@ -50,11 +56,14 @@ class YarnApplicationTrigger(BaseTrigger):
     :param poll_seconds: seconds between two polls (default ``KMEANS_YARN_POLL_MS``).
     :param progress_seconds: seconds between two progress lines (default ``KMEANS_YARN_PROGRESS_S``).
     :param max_misses: failed polls in a row tolerated before the trigger fires an error.
+    :param settle_seconds: the end of an application that did not succeed is reported no sooner
+        than this after the trigger started (default ``KMEANS_YARN_SETTLE_S``; see the module).
     """
 
     def __init__(self, rm: str, application_id: str, what: str, submitted_at: float | None = None,
                  deadline: float | None = None, poll_seconds: float | None = None,
-                 progress_seconds: float | None = None, max_misses: int = MAX_MISSES):
+                 progress_seconds: float | None = None, max_misses: int = MAX_MISSES,
+                 settle_seconds: float | None = None):
         super().__init__()
         self.rm = rm
         self.application_id = application_id
@@ -64,6 +73,7 @@ class YarnApplicationTrigger(BaseTrigger):
         self.poll_seconds = poll_seconds
         self.progress_seconds = progress_seconds
         self.max_misses = max_misses
+        self.settle_seconds = settle_seconds
 
     @classmethod
     def for_job(cls, job: dict, timeout: float) -> "YarnApplicationTrigger":
@@ -71,13 +81,15 @@ class YarnApplicationTrigger(BaseTrigger):
         ``submitted_at``) that may run for ``timeout`` seconds; intervals from this side's settings."""
         return cls(rm=job["rm"], application_id=job["application_id"], what=job["what"],
                    submitted_at=job.get("submitted_at"), deadline=(job.get("submitted_at") or time.time()) + timeout,
-                   poll_seconds=settings.yarn_poll_seconds(), progress_seconds=settings.yarn_progress_seconds())
+                   poll_seconds=settings.yarn_poll_seconds(), progress_seconds=settings.yarn_progress_seconds(),
+                   settle_seconds=settings.yarn_settle_seconds())
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}", {
             "rm": self.rm, "application_id": self.application_id, "what": self.what,
             "submitted_at": self.submitted_at, "deadline": self.deadline, "poll_seconds": self.poll_seconds,
-            "progress_seconds": self.progress_seconds, "max_misses": self.max_misses})
+            "progress_seconds": self.progress_seconds, "max_misses": self.max_misses,
+            "settle_seconds": self.settle_seconds})
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=10, headers={"Accept": "application/json"})
@@ -85,7 +97,8 @@ class YarnApplicationTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         poll = self.poll_seconds if self.poll_seconds is not None else settings.yarn_poll_seconds()
         every = self.progress_seconds if self.progress_seconds is not None else settings.yarn_progress_seconds()
-        app_id, misses, shown, shown_at = self.application_id, 0, None, 0.0
+        settle = self.settle_seconds if self.settle_seconds is not None else settings.yarn_settle_seconds()
+        app_id, misses, shown, shown_at, started = self.application_id, 0, None, 0.0, time.monotonic()
         async with self._client() as client:
             while True:
                 try:
@@ -104,6 +117,8 @@ class YarnApplicationTrigger(BaseTrigger):
                     continue
                 if yarn.state_of(app) != "running":
                     self.log.info("%s: %s %s after %s", self.what, app_id, yarn.summary_of(app), self._elapsed())
+                    if yarn.state_of(app) == "failed":  # see the module: not within seconds of the deferral
+                        await asyncio.sleep(max(0.0, started + settle - time.monotonic()))
                     yield TriggerEvent({"final": {k: app.get(k) for k in FINAL_KEYS}, "application_id": app_id})
                     return
                 now = time.monotonic()
