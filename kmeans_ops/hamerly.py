@@ -227,24 +227,13 @@ def other_shift(shift: np.ndarray) -> np.ndarray:
     return other
 
 
-def _centroid_distances(centroids: np.ndarray) -> np.ndarray:
-    """(K, K) distances between the centroids, inf on the diagonal."""
-    diff = centroids[:, None, :] - centroids[None, :, :]
-    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    np.fill_diagonal(dist, np.inf)
-    return dist
-
-
-def separation(centroids: np.ndarray) -> np.ndarray:
-    """(K,) the distance from each centroid to the nearest other one (inf with one centroid)."""
-    return _centroid_distances(centroids).min(axis=1)
-
-
 def separations(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each centroid the distances to its nearest and second nearest other centroids ((2, K),
     inf where there is none) and the index of the nearest ((K,), -1 with one centroid): the
     distance from c_a to its nearest centroid other than b is the second when b is the nearest."""
-    dist = _centroid_distances(centroids)
+    diff = centroids[:, None, :] - centroids[None, :, :]
+    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    np.fill_diagonal(dist, np.inf)
     k = len(centroids)
     if k < 2:
         return np.full((2, k), np.inf), np.full(k, -1, np.intp)
@@ -323,7 +312,7 @@ def _step_numpy(data: Block, state: Bounds, centroids: np.ndarray, threshold: np
         own = data.centred_t[:3, fail] - (centroids - data.origin)[label].T
         own = np.sqrt(np.einsum("ij,ij->j", own, own))
         lower = np.maximum(state.gap[fail] + state.upper[fail] - state.lower_drift[label],
-                           separation(centroids)[label] - own)
+                           separations(centroids)[0][0, label] - own)
         tight = own + MARGIN < lower
         upper = own - state.drift[label]
         state.upper[fail] = upper

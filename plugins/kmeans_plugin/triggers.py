@@ -115,9 +115,10 @@ class YarnApplicationTrigger(BaseTrigger):
                                      app_id, type(err).__name__)
                     await asyncio.sleep(max(poll, 1.0) * min(misses, 5))  # 1, 2, ... 5 s: about 90 s in all
                     continue
-                if yarn.state_of(app) != "running":
+                state = yarn.state_of(app)
+                if state != "running":
                     self.log.info("%s: %s %s after %s", self.what, app_id, yarn.summary_of(app), self._elapsed())
-                    if yarn.state_of(app) == "failed":  # see the module: not within seconds of the deferral
+                    if state == "failed":  # see the module: not within seconds of the deferral
                         await asyncio.sleep(max(0.0, started + settle - time.monotonic()))
                     yield TriggerEvent({"final": {k: app.get(k) for k in FINAL_KEYS}, "application_id": app_id})
                     return
